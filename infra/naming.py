@@ -1,0 +1,46 @@
+"""Names shared by the AWS side and the Kubernetes side of the program.
+
+They live apart from both so that an IAM trust binding (AWS) and the ServiceAccount it binds to
+(Kubernetes) cannot drift: both import the same constant.
+"""
+
+from __future__ import annotations
+
+PROJECT = "purchase-classifier"
+"""Pulumi project name and config namespace (``purchase-classifier:<key>``)."""
+
+# ServiceAccount names, one per workload. The scheduler gets a ServiceAccount but no cloud identity:
+# it never touches the bucket.
+SA_DASK_SCHEDULER = "dask-scheduler"
+SA_DASK_WORKER = "dask-worker"
+SA_REFRESH = "refresh"
+SA_TRAIN = "train"
+SA_PREDICT = "predict"
+SA_SERVING = "serving"
+
+SERVICE_ACCOUNTS: tuple[str, ...] = (
+    SA_DASK_SCHEDULER,
+    SA_DASK_WORKER,
+    SA_REFRESH,
+    SA_TRAIN,
+    SA_PREDICT,
+    SA_SERVING,
+)
+"""Every workload's ServiceAccount name, in a stable order."""
+
+IDENTITY_WORKLOADS: tuple[str, ...] = (SA_DASK_WORKER, SA_REFRESH, SA_TRAIN, SA_PREDICT, SA_SERVING)
+"""Workloads that get a cloud identity (IAM role + Pod Identity association) in eks mode."""
+
+# The Dask worker node group: workers select it by label and tolerate its taint; nothing else
+# tolerates the taint, so the (often spot) Dask nodes never host serving or system pods.
+DASK_NODE_LABEL_KEY = "purchase-classifier/pool"
+DASK_NODE_LABEL_VALUE = "dask"
+DASK_TAINT_KEY = "purchase-classifier/dask"
+DASK_TAINT_VALUE = "true"
+DASK_TAINT_EFFECT = "NoSchedule"
+"""Kubernetes spelling of the taint effect (EKS's API spells it ``NO_SCHEDULE``)."""
+
+# S3 key prefixes of the one bucket. IAM policies are scoped to these.
+PREFIX_TRAINING = "training/"
+PREFIX_MODELS = "models/"
+PREFIX_PREDICTIONS = "predictions/"
