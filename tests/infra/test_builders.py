@@ -1,0 +1,132 @@
+"""Pure builders: image references, subnet layout, NAT placement, node groups, kubeconfig, lifecycles."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from infra.aws.cluster import kubeconfig, node_group_specs
+from infra.aws.network import nat_zones, subnet_layout
+from infra.aws.registry import lifecycle_policy
+from infra.aws.storage import lifecycle_rules
+from infra.aws.tags import default_tags
+from infra.config import NodeGroup, Storage
+from infra.images import ImageReferenceError, image_reference
+from infra.mockrun import load_stack_config, to_pulumi_config
+from infra.naming import DASK_NODE_LABEL_KEY, DASK_TAINT_KEY
+
+DIGEST = "sha256:" + "0f" * 32
+
+
+@pytest.mark.parametrize(
+    "registry",
+    [
+        "111122223333.dkr.ecr.eu-west-1.amazonaws.com/purchase-classifier",
+        "localhost:5001/purchase-classifier",
+        "registry.example.org/ml/purchase-classifier",
+    ],
+)
+def test_image_reference_pins_digest(registry: str) -> None:
+    assert image_reference(registry, DIGEST) == f"{registry}@{DIGEST}"
+
+
+@pytest.mark.parametrize(
+    ("registry", "digest", "message"),
+    [
+        ("localhost:5001/pc", "latest", "looks like a tag; tags are refused"),
+        ("localhost:5001/pc", "v1.2.3", "looks like a tag; tags are refused"),
+        ("localhost:5001/pc:latest", DIGEST, "carries a tag ('latest'); tags are refused"),
+        ("localhost:5001/pc@sha256:" + "1" * 64, DIGEST, "already contains a digest"),
+        ("localhost:5001/pc", "sha256:ABC", "is not 'sha256:<64 lowercase hex>'"),
+        ("", DIGEST, "is not a repository URL"),
+    ],
+)
+def test_image_reference_refuses_tags(registry: str, digest: str, message: str) -> None:
+    with pytest.raises(ImageReferenceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        image_reference(registry, digest)
+
+
+@pytest.mark.parametrize("zones", [["a1", "b1"], ["a1", "b1", "c1"], ["a", "b", "c", "d", "e", "f"]])
+@pytest.mark.parametrize("cidr", ["10.40.0.0/16", "10.1.0.0/20"])
+def test_subnet_layout_disjoint_inside_vpc(cidr: str, zones: list[str]) -> None:
+    specs = subnet_layout(cidr, zones, "pc")
+    nets = [ipaddress.ip_network(s.cidr) for s in specs]
+    vpc = ipaddress.ip_network(cidr)
+    assert all(n.subnet_of(vpc) for n in nets)  # type: ignore[arg-type]
+    assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1 :])
+    for zone in zones:
+        private = [s for s in specs if s.availability_zone == zone and not s.public]
+        public = [s for s in specs if s.availability_zone == zone and s.public]
+        assert len(private) == len(public) == 1
+        assert private[0].tags["kubernetes.io/role/internal-elb"] == "1"
+        assert public[0].tags["kubernetes.io/role/elb"] == "1"
+        assert (
+            ipaddress.ip_network(private[0].cidr).num_addresses
+            > ipaddress.ip_network(public[0].cidr).num_addresses
+        )
+
+
+def test_subnet_layout_is_stable() -> None:
+    assert subnet_layout("10.40.0.0/16", ["a", "b"], "pc") == subnet_layout("10.40.0.0/16", ["a", "b"], "pc")
+    assert subnet_layout("10.40.0.0/16", ["a", "b"], "pc")[0].cidr == "10.40.0.0/19"
+
+
+def test_nat_placement() -> None:
+    assert nat_zones(["a", "b", "c"], "single") == {"a": "a", "b": "a", "c": "a"}
+    assert nat_zones(["a", "b", "c"], "perAz") == {"a": "a", "b": "b", "c": "c"}
+    with pytest.raises(ValueError, match="allowed 'single' or 'perAz'"):
+        nat_zones(["a"], "none")
+
+
+def test_node_groups_dask_is_labelled_and_tainted() -> None:
+    ng = NodeGroup(instance_types=["m5.large"], capacity_type="SPOT", min_size=0, max_size=3, desired_size=1)
+    sysng = NodeGroup(
+        instance_types=["t3.large"], capacity_type="ON_DEMAND", min_size=1, max_size=2, desired_size=1
+    )
+    system, dask = node_group_specs(sysng, ng)
+    assert system.taints == [] and system.capacity_type == "ON_DEMAND"
+    assert dask.labels == {DASK_NODE_LABEL_KEY: "dask"}
+    assert dask.taints == [{"key": DASK_TAINT_KEY, "value": "true", "effect": "NO_SCHEDULE"}]
+    assert dask.capacity_type == "SPOT" and dask.max_size == 3
+
+
+def test_kubeconfig_uses_exec_auth_not_static_credentials() -> None:
+    cfg = kubeconfig("pc-dev", "https://x.eks.amazonaws.com", "Q0E=", "eu-west-1")
+    user = cfg["users"][0]["user"]
+    assert set(user) == {"exec"}
+    assert user["exec"]["args"][:5] == ["--region", "eu-west-1", "eks", "get-token", "--cluster-name"]
+    assert cfg["clusters"][0]["cluster"]["certificate-authority-data"] == "Q0E="
+
+
+def test_ecr_lifecycle_expires_only_untagged() -> None:
+    rule = lifecycle_policy(7)["rules"][0]
+    assert rule["selection"]["tagStatus"] == "untagged" and rule["selection"]["countNumber"] == 7
+    with pytest.raises(ValueError):
+        lifecycle_policy(0)
+
+
+def test_bucket_lifecycle_expires_training_only() -> None:
+    rules = lifecycle_rules(
+        Storage(training_snapshot_expiration_days=14, noncurrent_version_expiration_days=5)
+    )
+    expiring = [r for r in rules if "expiration" in r]
+    assert [r["filter"]["prefix"] for r in expiring] == ["training/"]
+    assert expiring[0]["expiration"]["days"] == 14
+    assert any(r.get("noncurrent_version_expiration") == {"noncurrent_days": 5} for r in rules)
+
+
+def test_default_tags_cannot_be_overridden() -> None:
+    from infra.config import parse_config
+
+    raw = load_stack_config("dev")
+    raw["purchase-classifier:tags"] = {"project": "spoofed", "team": "ml"}
+    config, keys = to_pulumi_config(raw, {"databaseUrl": "x"})
+    tags = default_tags(parse_config(config, secret_keys=keys, aws_region="eu-west-1"), "dev")
+    assert tags == {
+        "team": "ml",
+        "project": "purchase-classifier",
+        "environment": "dev",
+        "stack": "dev",
+        "managed-by": "pulumi",
+    }

@@ -1,0 +1,303 @@
+"""Stack config parsing: every stack file parses; every kind of mistake names key, value and rule."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.config import (
+    ConfigError,
+    StackConfig,
+    config_reference_markdown,
+    cpu_millicores,
+    memory_bytes,
+    parse_config,
+)
+from infra.mockrun import load_stack_config, to_pulumi_config
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "purchase-classifier:"
+SECRET_DB = {f"{NS}databaseUrl": "postgresql+psycopg://u:p@db/x"}
+
+
+def _parse(raw: dict[str, Any], stack: str = "t", secrets: dict[str, str] | None = None) -> StackConfig:
+    config, secret_keys = to_pulumi_config(raw, secrets if secrets is not None else SECRET_DB)
+    return parse_config(config, secret_keys=secret_keys, stack=stack, aws_region=raw.get("aws:region"))
+
+
+def _set(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``purchase-classifier:a.b.c`` set (``...`` deletes it)."""
+    raw = copy.deepcopy(raw)
+    top, *rest = path.split(".")
+    if not rest:
+        if value is ...:
+            raw.pop(NS + top, None)
+        else:
+            raw[NS + top] = value
+        return raw
+    node = raw[NS + top]
+    for part in rest[:-1]:
+        node = node[part]
+    if value is ...:
+        node.pop(rest[-1])
+    else:
+        node[rest[-1]] = value
+    return raw
+
+
+@pytest.fixture(scope="module")
+def dev() -> dict[str, Any]:
+    return load_stack_config("dev", ROOT)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "local"])
+def test_stack_files_parse(stack: str) -> None:
+    cfg = _parse(load_stack_config(stack, ROOT), stack)
+    assert cfg.environment == stack
+    assert cfg.is_eks == (stack != "local")
+    assert cfg.workloads.namespace == "purchase-classifier"
+
+
+def test_env_shapes() -> None:
+    dev, staging, prod = (_parse(load_stack_config(s, ROOT), s) for s in ("dev", "staging", "prod"))
+    assert dev.network and staging.network and prod.network
+    assert dev.network.nat_gateways == "single" and len(dev.network.availability_zones) == 2
+    assert prod.network.nat_gateways == "perAz" and len(prod.network.availability_zones) == 3
+    assert dev.cluster.node_groups and prod.cluster.node_groups
+    assert dev.cluster.node_groups.dask.capacity_type == "SPOT"
+    assert prod.cluster.node_groups.system.capacity_type == "ON_DEMAND"
+    assert not prod.cluster.endpoint_public_access and not staging.cluster.endpoint_public_access
+
+
+def test_image_digest_is_top_level_scalar_for_promotion() -> None:
+    import yaml
+
+    for stack in ("dev", "staging", "prod", "local"):
+        data = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        assert isinstance(data[f"{NS}imageDigest"], str)
+
+
+def test_empty_digest_means_none_and_valid_digest_parses(dev: dict[str, Any]) -> None:
+    assert _parse(dev).image_digest is None
+    digest = "sha256:" + "ab" * 32
+    assert _parse(_set(dev, "imageDigest", digest)).image_digest == digest
+
+
+def test_secret_stays_secret(dev: dict[str, Any]) -> None:
+    cfg = _parse(dev)
+    assert cfg.database_url is not None
+    assert "postgresql" not in repr(cfg) and "postgresql" not in str(cfg.database_url)
+
+
+D = "sha256:" + "ab" * 32
+
+BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
+    # (id, path, value, expected fragment of the message)
+    (
+        "wrong type",
+        "cluster.nodeGroups.dask.maxSize",
+        "lots",
+        "purchase-classifier:cluster.nodeGroups.dask.maxSize: got 'lots'",
+    ),
+    (
+        "wrong type bool",
+        "cluster.endpointPublicAccess",
+        "maybe",
+        "cluster.endpointPublicAccess: got 'maybe'; Input should be a valid boolean",
+    ),
+    (
+        "unknown top-level key",
+        "clusterr",
+        {"mode": "eks"},
+        "purchase-classifier:clusterr: unknown key; allowed keys here: cluster,",
+    ),
+    (
+        "unknown nested key",
+        "workloads.serving.replica",
+        2,
+        "purchase-classifier:workloads.serving.replica: unknown key; allowed keys here: "
+        "allowedClientNamespaces, autoscaling,",
+    ),
+    (
+        "missing required key",
+        "cluster.mode",
+        ...,
+        "purchase-classifier:cluster.mode: required key is missing",
+    ),
+    ("missing required section", "workloads", ..., "purchase-classifier:workloads: required key is missing"),
+    (
+        "out of range",
+        "workloads.serving.reviewThreshold",
+        1.5,
+        "workloads.serving.reviewThreshold: got 1.5; Input should be less than 1",
+    ),
+    (
+        "out of range int",
+        "cluster.nodeGroups.system.diskSizeGb",
+        5,
+        "diskSizeGb: got 5; Input should be greater than or equal to 20",
+    ),
+    ("bad enum", "cluster.mode", "gke", "cluster.mode: got 'gke'; Input should be 'eks' or 'existing'"),
+    (
+        "bad nat",
+        "network.natGateways",
+        "two",
+        "network.natGateways: got 'two'; Input should be 'single' or 'perAz'",
+    ),
+    (
+        "sizes unordered",
+        "cluster.nodeGroups.dask.desiredSize",
+        9,
+        "minSize <= desiredSize <= maxSize, got 0 <= 9 <= 3",
+    ),
+    (
+        "system on spot",
+        "cluster.nodeGroups.system.capacityType",
+        "SPOT",
+        "the system group must be ON_DEMAND",
+    ),
+    ("tag not digest", "imageDigest", "latest", "imageDigest: got 'latest'; 'latest' is not an image digest"),
+    ("bad cron", "workloads.jobs.train.schedule", "every monday", "is not a 5-field cron schedule"),
+    (
+        "requests above limits",
+        "workloads.dask.workers.resources.requests.memory",
+        "8Gi",
+        "requests.memory '8Gi' is above limits.memory '4Gi'",
+    ),
+    (
+        "memory without unit",
+        "workloads.serving.resources.limits.memory",
+        "512",
+        "must be at least 1Mi (did you forget the unit",
+    ),
+    ("bad cpu", "workloads.serving.resources.limits.cpu", "lots", "'lots' is not a CPU quantity"),
+    (
+        "world-open endpoint",
+        "cluster.publicAccessCidrs",
+        ["0.0.0.0/0"],
+        "opens the API endpoint to the internet",
+    ),
+    (
+        "public without cidrs",
+        "cluster.publicAccessCidrs",
+        [],
+        "endpointPublicAccess is true but publicAccessCidrs is empty",
+    ),
+    (
+        "bad cidr",
+        "network.cidr",
+        "10.0.0.0/33",
+        "network.cidr: got '10.0.0.0/33'; '10.0.0.0/33' is not a CIDR block",
+    ),
+    ("cidr too small", "network.cidr", "10.0.0.0/24", "has prefix /24; allowed /16 to /20"),
+    ("one AZ", "network.availabilityZones", ["eu-west-1a"], "List should have at least 2 items"),
+    (
+        "AZ outside region",
+        "network.availabilityZones",
+        ["us-east-1a", "us-east-1b"],
+        "not in aws:region 'eu-west-1'",
+    ),
+    ("bad retention", "cluster.logRetentionDays", 10, "10 is not a CloudWatch retention"),
+    ("bad role arn", "cluster.adminRoleArns", ["admin"], "'admin' is not an IAM role ARN"),
+    (
+        "hpa min above max",
+        "workloads.serving.autoscaling.minReplicas",
+        5,
+        "minReplicas 5 is above maxReplicas 2",
+    ),
+    ("bad namespace", "workloads.namespace", "Purchase_Classifier", "is not a DNS label"),
+    (
+        "registry in eks mode",
+        "registry",
+        "localhost:5001/pc",
+        "registry is only used when cluster.mode is 'existing'",
+    ),
+    (
+        "bad environment",
+        "environment",
+        "qa",
+        "environment: got 'qa'; Input should be 'dev', 'staging', 'prod' or 'local'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_bad_config_is_refused_with_key_value_and_rule(
+    dev: dict[str, Any], path: str, value: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        _parse(_set(dev, path, value), stack="dev")
+    text = str(info.value)
+    assert text.startswith("invalid config for stack 'dev':")
+    assert message in text, text
+
+
+def test_plaintext_secret_is_refused(dev: dict[str, Any]) -> None:
+    raw = _set(dev, "databaseUrl", "postgresql://u:hunter2@db/x")
+    config, _ = to_pulumi_config(raw, {})
+    with pytest.raises(ConfigError, match="is stored in plain text; it is a secret") as info:
+        parse_config(config, secret_keys=[], stack="dev", aws_region="eu-west-1")
+    assert "hunter2" not in str(info.value)
+
+
+def test_digest_without_database_url_is_refused(dev: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="databaseUrl is required once imageDigest is set"):
+        _parse(_set(dev, "imageDigest", D), secrets={})
+
+
+def test_existing_mode_requires_registry_and_bucket() -> None:
+    local = load_stack_config("local", ROOT)
+    with pytest.raises(ConfigError, match=r"registry is required when cluster\.mode is 'existing'"):
+        _parse(_set(local, "registry", ...))
+    with pytest.raises(ConfigError, match=r"storage\.bucketName is required"):
+        _parse(_set(local, "storage.bucketName", ...))
+
+
+def test_eks_requires_region(dev: dict[str, Any]) -> None:
+    raw = dict(dev)
+    raw.pop("aws:region")
+    with pytest.raises(ConfigError, match="aws:region: required key is missing"):
+        _parse(raw)
+
+
+def test_all_problems_reported_at_once(dev: dict[str, Any]) -> None:
+    raw = _set(_set(dev, "cluster.mode", "gke"), "workloads.namespace", "BAD")
+    with pytest.raises(ConfigError) as info:
+        _parse(raw)
+    assert len(info.value.problems) >= 2
+
+
+def test_structured_values_arrive_as_json_like_from_the_cli(dev: dict[str, Any]) -> None:
+    config, _ = to_pulumi_config(dev, {})
+    assert json.loads(config[f"{NS}cluster"])["mode"] == "eks"
+
+
+@pytest.mark.parametrize(("text", "millis"), [("250m", 250), ("1", 1000), ("1.5", 1500), ("2000m", 2000)])
+def test_cpu_quantities(text: str, millis: int) -> None:
+    assert cpu_millicores(text) == millis
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512Mi", 512 * 2**20), ("2Gi", 2 * 2**30), ("1G", 10**9), ("1024", 1024)]
+)
+def test_memory_quantities(text: str, size: int) -> None:
+    assert memory_bytes(text) == size
+
+
+def test_config_reference_is_in_sync() -> None:
+    committed = (ROOT / "infra" / "CONFIG.md").read_text()
+    assert committed == config_reference_markdown(), (
+        "infra/CONFIG.md is stale: run `.venv/bin/python -m infra.config > infra/CONFIG.md`"
+    )
+
+
+def test_every_field_is_documented() -> None:
+    for line in config_reference_markdown().splitlines():
+        if line.startswith("| `purchase-classifier:"):
+            assert not line.rstrip().endswith("|  |"), f"undocumented: {line}"

@@ -1,0 +1,124 @@
+"""IAM least privilege: the per-workload table, the builders, and every document the program emits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from infra.aws.policies import (
+    WORKLOAD_ACCESS,
+    BucketAccess,
+    bucket_access_policy,
+    least_privilege_violations,
+    tls_only_bucket_policy,
+    write_actions,
+)
+from infra.naming import IDENTITY_WORKLOADS, SA_DASK_SCHEDULER, SA_SERVING
+from tests.infra.harness import AWS_STACKS, cached_run
+
+BUCKET = "arn:aws:s3:::pc-bucket"
+KEY = "arn:aws:kms:eu-west-1:111122223333:key/k"
+
+
+def _resources(policy: dict[str, Any], action: str) -> set[str]:
+    found: set[str] = set()
+    for st in policy["Statement"]:
+        actions = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+        if st["Effect"] == "Allow" and action in actions:
+            found |= set(st["Resource"])
+    return found
+
+
+def test_every_identity_workload_has_access_and_scheduler_none() -> None:
+    assert set(WORKLOAD_ACCESS) == set(IDENTITY_WORKLOADS)
+    assert SA_DASK_SCHEDULER not in WORKLOAD_ACCESS
+
+
+@pytest.mark.parametrize(
+    ("workload", "reads", "writes"),
+    [
+        ("serving", {"models/"}, set()),
+        ("predict", {"models/"}, {"predictions/"}),
+        ("train", {"training/", "models/"}, {"models/"}),
+        ("refresh", {"training/"}, {"training/"}),
+        ("dask-worker", {"training/", "models/"}, {"predictions/"}),
+    ],
+)
+def test_workload_prefixes(workload: str, reads: set[str], writes: set[str]) -> None:
+    policy = bucket_access_policy(BUCKET, KEY, WORKLOAD_ACCESS[workload])
+    assert _resources(policy, "s3:GetObject") == {f"{BUCKET}/{p}*" for p in reads}
+    assert _resources(policy, "s3:PutObject") == {f"{BUCKET}/{p}*" for p in writes}
+    assert least_privilege_violations(policy) == []
+
+
+def test_serving_cannot_write_anywhere() -> None:
+    policy = bucket_access_policy(BUCKET, KEY, WORKLOAD_ACCESS[SA_SERVING])
+    assert write_actions(policy) == set()
+    assert "kms:GenerateDataKey" not in json.dumps(policy)
+
+
+def test_listing_is_scoped_to_own_prefixes() -> None:
+    policy = bucket_access_policy(BUCKET, KEY, BucketAccess(read=("models/",)))
+    listing = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["models/*"]}}
+
+
+def test_checker_catches_broad_policies() -> None:
+    broad = {
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": BUCKET},
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "*"},
+            {"Effect": "Allow", "NotAction": "iam:*", "Resource": BUCKET},
+        ]
+    }
+    problems = least_privilege_violations(broad)
+    assert any("s3:*" in p for p in problems)
+    assert any("wildcard resource '*'" in p for p in problems)
+    assert any("NotAction" in p for p in problems)
+    assert least_privilege_violations(tls_only_bucket_policy(BUCKET)) == []  # a Deny grants nothing
+
+
+def test_no_access_means_no_policy() -> None:
+    with pytest.raises(ValueError):
+        bucket_access_policy(BUCKET, KEY, BucketAccess())
+
+
+def _emitted_documents(stack: str) -> list[tuple[str, str, dict[str, Any]]]:
+    docs = []
+    for r in cached_run(stack).resources:
+        for key in ("policy", "assumeRolePolicy"):
+            value = r.inputs.get(key)
+            if isinstance(value, str) and value.lstrip().startswith("{") and "Statement" in value:
+                docs.append((r.type, r.name, json.loads(value)))
+    return docs
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_every_emitted_policy_is_least_privilege(stack: str) -> None:
+    docs = _emitted_documents(stack)
+    types = {t for t, _, _ in docs}
+    assert {"aws:iam/rolePolicy:RolePolicy", "aws:iam/role:Role", "aws:s3/bucketPolicy:BucketPolicy"} <= types
+    for typ, name, doc in docs:
+        assert least_privilege_violations(doc) == [], f"{typ} {name}: {doc}"
+        for st in doc["Statement"]:
+            if st["Effect"] == "Allow" and "Principal" not in st:
+                actions = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+                assert "s3:*" not in actions and "*" not in actions
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_emitted_serving_policy_cannot_write(stack: str) -> None:
+    run = cached_run(stack)
+    serving = [
+        r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "identities-serving-bucket"
+    ]
+    assert len(serving) == 1
+    assert write_actions(json.loads(serving[0].inputs["policy"])) == set()
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_no_inline_policy_for_the_scheduler(stack: str) -> None:
+    names = {r.name for r in cached_run(stack).of_type("aws:iam/role:Role")}
+    assert not any(SA_DASK_SCHEDULER in n for n in names)
