@@ -1,0 +1,271 @@
+"""Promote the classifier image digest from one stack file to the next (principle 1).
+
+Prod must run the bytes staging ran, so promotion copies exactly one value, the top-level
+``purchase-classifier:imageDigest`` of ``Pulumi.<from>.yaml``, into ``Pulumi.<to>.yaml`` and nothing
+else: node sizes, CIDRs and schedules are environment-specific and stay where they are. The stack
+files are edited with ruamel.yaml's round-trip mode so their comments, key order, quoting and flow
+style survive and the commit diff is the one changed line a reviewer needs to see.
+
+The same module sets a digest given on the command line (``--digest``): that is how CI records a
+freshly built image in the dev stack and how an operator rolls back by promoting the previous digest.
+
+Usage::
+
+    python -m infra promote --from dev --to staging          # copy, print the change
+    python -m infra promote --from staging --to prod --check # exit 1 when they differ (CI)
+    python -m infra promote --digest sha256:<hex> --to dev   # record a build / roll back
+
+``python -m infra.promote ...`` works the same without the ``infra`` command dispatcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "purchase-classifier"
+DIGEST_KEY = f"{PROJECT}:imageDigest"
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_STACK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# Exit codes: 0 done / in sync, 1 ``--check`` found a difference, 2 refused (bad input, missing file).
+EXIT_OK = 0
+EXIT_DIFFERS = 1
+EXIT_REFUSED = 2
+
+
+class PromotionError(Exception):
+    """Promotion refused; the message says which stack, which value and what to do."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a promotion did (or would do) to the target stack."""
+
+    stack: str
+    path: Path
+    old: str
+    new: str
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+    def describe(self) -> str:
+        if not self.changed:
+            return f"{self.stack}: imageDigest already {self.new}; nothing to do"
+        return f"{self.stack}: imageDigest {self.old or '(unset)'} -> {self.new}  ({self.path.name})"
+
+
+def _yaml() -> YAML:
+    """Round-trip loader/dumper configured for the layout of the committed stack files.
+
+    ``width`` is large so ruamel never re-wraps long comments or flow sequences; the indent matches
+    the files (2-space maps, block sequences indented under their key).
+    """
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def stack_path(stack: str, root: Path = ROOT) -> Path:
+    """``<root>/Pulumi.<stack>.yaml``; a stack name with path characters is refused."""
+    if not _STACK_RE.match(stack):
+        raise PromotionError(f"stack name {stack!r} is not a valid Pulumi stack name")
+    return root / f"Pulumi.{stack}.yaml"
+
+
+def _load(stack: str, root: Path, role: str) -> tuple[Path, CommentedMap, CommentedMap]:
+    path = stack_path(stack, root)
+    if not path.is_file():
+        raise PromotionError(
+            f"{role} stack {stack!r} does not exist: no {path.name} in {root}. "
+            f"Create it first (`pulumi stack init {stack}` and commit {path.name})."
+        )
+    doc = _yaml().load(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, CommentedMap) or not isinstance(doc.get("config"), CommentedMap):
+        raise PromotionError(f"{path.name} has no top-level 'config:' map; is it a Pulumi stack file?")
+    return path, doc, doc["config"]
+
+
+def _digest_of(config: CommentedMap) -> str:
+    value = config.get(DIGEST_KEY)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PromotionError(f"{DIGEST_KEY} must be a string, got {type(value).__name__} {value!r}")
+    return value.strip()
+
+
+def validate_digest(digest: str, where: str) -> str:
+    """Return ``digest`` if it is ``sha256:<64 lowercase hex>``, else refuse (tags never travel)."""
+    if not _DIGEST_RE.match(digest):
+        hint = "" if digest.startswith("sha256:") else " (a tag is not a digest; tags are refused)"
+        raise PromotionError(f"{where}: {digest!r} is not 'sha256:<64 lowercase hex>'{hint}")
+    return digest
+
+
+def read_digest(stack: str, root: Path = ROOT) -> str:
+    """The stack's digest, '' when unset."""
+    _, _, config = _load(stack, root, "the")
+    return _digest_of(config)
+
+
+def _set(config: CommentedMap, digest: str) -> None:
+    """Set the digest in place; a stack file without the key gets it after ``environment``."""
+    if DIGEST_KEY in config:
+        config[DIGEST_KEY] = digest
+        return
+    keys = list(config.keys())
+    anchor = f"{PROJECT}:environment"
+    position = keys.index(anchor) + 1 if anchor in keys else len(keys)
+    config.insert(position, DIGEST_KEY, digest)
+
+
+def _strip_digest(data: Any) -> Any:
+    """Plain-data copy of a loaded stack file without the digest, for the nothing-else-changed check."""
+    plain = _plain(data)
+    plain.get("config", {}).pop(DIGEST_KEY, None)
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so an interrupted run never leaves half a stack file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_digest(stack: str, digest: str, root: Path = ROOT, *, dry_run: bool = False) -> Change:
+    """Write ``digest`` into ``Pulumi.<stack>.yaml`` (unless ``dry_run``), keeping everything else.
+
+    :raises PromotionError: malformed digest, missing stack file, or a dump that would change more
+        than the digest (a guard against ruamel re-formatting; nothing is written then).
+    """
+    validate_digest(digest, "digest")
+    path, doc, config = _load(stack, root, "target")
+    old = _digest_of(config)
+    change = Change(stack=stack, path=path, old=old, new=digest)
+    if not change.changed or dry_run:
+        return change
+    before = _strip_digest(doc)
+    _set(config, digest)
+    buffer = io.StringIO()
+    _yaml().dump(doc, buffer)
+    text = buffer.getvalue()
+    after = _yaml().load(text)
+    if _strip_digest(after) != before or _digest_of(after["config"]) != digest:
+        raise PromotionError(f"refusing to write {path.name}: the edit would change more than {DIGEST_KEY}")
+    _write_atomically(path, text)
+    return change
+
+
+def promote(source: str, target: str, root: Path = ROOT, *, dry_run: bool = False) -> Change:
+    """Copy the digest of stack ``source`` into stack ``target``.
+
+    :raises PromotionError: same stack twice, source without a (valid) digest, target missing.
+    """
+    if source == target:
+        raise PromotionError(f"--from and --to are both {source!r}; promotion needs two stacks")
+    _, _, source_config = _load(source, root, "source")
+    digest = _digest_of(source_config)
+    if not digest:
+        raise PromotionError(
+            f"source stack {source!r} has no image digest ({DIGEST_KEY} is empty): nothing to promote. "
+            f"Build the image and record it first (scripts/build-image --stack {source})."
+        )
+    validate_digest(digest, f"source stack {source!r} {DIGEST_KEY}")
+    return set_digest(target, digest, root, dry_run=dry_run)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments shared by ``python -m infra promote`` and ``python -m infra.promote``."""
+    origin = parser.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--from", dest="source", metavar="STACK", help="stack to copy the digest from")
+    origin.add_argument(
+        "--digest",
+        metavar="sha256:HEX",
+        help="set this digest instead of copying one (record a build, roll back to a previous digest)",
+    )
+    parser.add_argument("--to", dest="target", required=True, metavar="STACK", help="stack to write")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 0 when the target already has the digest, 1 when it differs",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="directory holding the Pulumi.<stack>.yaml files (default: the repository root)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``promote`` on the ``python -m infra`` dispatcher (see ``infra/cli.py``)."""
+    parser = subparsers.add_parser(
+        "promote",
+        help="copy the image digest from one stack file to another",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    return configure_parser(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out the parsed command; messages go to stdout, refusals to stderr."""
+    try:
+        if args.source is not None:
+            change = promote(args.source, args.target, args.root, dry_run=args.check)
+        else:
+            change = set_digest(args.target, args.digest, args.root, dry_run=args.check)
+    except PromotionError as exc:
+        print(f"promote: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.check:
+        if change.changed:
+            print(f"{change.stack}: differs: has {change.old or '(unset)'}, would get {change.new}")
+            return EXIT_DIFFERS
+        print(f"{change.stack}: in sync at {change.new}")
+        return EXIT_OK
+    print(change.describe())
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m infra.promote", description=__doc__))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
