@@ -151,5 +151,11 @@ def main() -> Platform:
         # RunError: Pulumi prints the message alone, without a Python traceback burying it.
         raise pulumi.RunError(str(exc)) from None
     platform = build(cfg)
+    if platform.image is not None:  # no digest yet: build() warned, the workloads wait for one
+        from infra.k8s.workloads import Workloads
+
+        workloads = Workloads("workloads", platform)
+        pulumi.export("servingUrl", workloads.serving.url)
+        pulumi.export("daskSchedulerAddress", workloads.dask.scheduler_address)
     export_outputs(platform)
     return platform

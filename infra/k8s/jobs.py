@@ -1,0 +1,104 @@
+"""The pipeline's CronJobs: ``refresh`` (DB → snapshot), ``train`` and ``predict`` (on Dask).
+
+A run that overlaps the previous one would race it on the same snapshot or model pointer, so
+``concurrencyPolicy: Forbid``; a run that could not start in time is skipped rather than piled up;
+failures retry ``backoffLimit`` times and a hung run is killed at ``activeDeadlineSeconds``. Jobs never
+restart in place (``restartPolicy: Never``): a retry is a fresh pod with clean ``/tmp``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import CronJob
+from infra.k8s.common import (
+    DASK_CLIENTS,
+    JOBS,
+    Context,
+    Obj,
+    container,
+    database_env,
+    env_value,
+    labels,
+    metadata,
+    pod_spec,
+    storage_env,
+)
+from infra.naming import SA_PREDICT, SA_REFRESH, SA_TRAIN
+
+JOB_ARGS: dict[str, list[str]] = {
+    "refresh": ["refresh"],
+    "train": ["train", "--snapshot", "latest"],
+    "predict": ["predict"],
+}
+"""``python -m ml`` arguments per job (the image's ENTRYPOINT supplies ``python -m ml``)."""
+
+SERVICE_ACCOUNT = {"refresh": SA_REFRESH, "train": SA_TRAIN, "predict": SA_PREDICT}
+
+HISTORY_LIMITS = {"successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3}
+TIME_ZONE = "Etc/UTC"
+
+
+def job_env(ctx: Context, job: str) -> list[Obj]:
+    env = [*storage_env(ctx), *database_env()]
+    if job in DASK_CLIENTS:
+        env.append(env_value("DASK_SCHEDULER_ADDRESS", ctx.scheduler_address))
+    return env
+
+
+def job_config(ctx: Context, job: str) -> CronJob:
+    cfg: CronJob = getattr(ctx.workloads.jobs, job)
+    return cfg
+
+
+def build_cronjob(ctx: Context, job: str) -> Obj:
+    if job not in JOB_ARGS:
+        raise ValueError(f"unknown job {job!r}; one of {', '.join(JOBS)}")
+    cfg = job_config(ctx, job)
+    main = container(ctx, job, JOB_ARGS[job], cfg.resources, env=job_env(ctx, job))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": metadata(ctx, job, job),
+        "spec": {
+            "schedule": cfg.schedule,
+            "timeZone": TIME_ZONE,
+            "suspend": cfg.suspend,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": cfg.starting_deadline_seconds,
+            **HISTORY_LIMITS,
+            "jobTemplate": {
+                "metadata": {"labels": labels(ctx, job)},
+                "spec": {
+                    "backoffLimit": cfg.backoff_limit,
+                    "activeDeadlineSeconds": cfg.active_deadline_seconds,
+                    "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
+                    "template": {
+                        "metadata": {"labels": labels(ctx, job)},
+                        "spec": pod_spec([main], SERVICE_ACCOUNT[job], restart_policy="Never"),
+                    },
+                },
+            },
+        },
+    }
+
+
+def _cronjob(job: str, ctx: Context) -> Obj:
+    return build_cronjob(ctx, job)
+
+
+class Jobs(pulumi.ComponentResource):
+    """The three CronJobs; their ServiceAccounts come from :class:`~infra.k8s.namespace.Namespace`."""
+
+    def __init__(
+        self, name: str, ctx: pulumi.Output[Context], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("purchase-classifier:k8s:Jobs", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        for job in JOBS:
+            cron = ctx.apply(partial(_cronjob, job))
+            k8s.batch.v1.CronJob(f"{name}-{job}", metadata=cron["metadata"], spec=cron["spec"], opts=child)
+        self.register_outputs({"jobs": list(JOBS)})
