@@ -1,0 +1,95 @@
+"""Prometheus metrics for operations and drift, all named ``purchase_classifier_serve_*``.
+
+Drift shows as a change in the category mix (``predictions_total``), in the confidence histogram and
+in the share flagged for review; operations watch latency, status codes, batch sizes and reloads.
+Each app owns its registry so several apps in one process (tests, benchmarks) never collide.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+PREFIX = "purchase_classifier_serve"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_CONFIDENCE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.1, 1.0, 10))
+
+#: How many recent predictions the review-share gauge covers.
+REVIEW_WINDOW = 1000
+
+
+class ServeMetrics:
+    """The service's metrics in their own registry (exposed at ``/metrics``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_latency = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            f"{PREFIX}_requests_total",
+            "HTTP requests by route template and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size_records", "Records per model call", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_latency = Histogram(
+            f"{PREFIX}_model_call_duration_seconds",
+            "Time of one model call (a whole batch)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            f"{PREFIX}_predictions_total", "Predicted records by category", ["category"], registry=r
+        )
+        self.confidence = Histogram(
+            f"{PREFIX}_confidence",
+            "Confidence of the predicted category",
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.review_flagged = Counter(
+            f"{PREFIX}_review_flagged_total", "Predictions under the review threshold", registry=r
+        )
+        self.review_share = Gauge(
+            f"{PREFIX}_review_share",
+            f"Share of the last {REVIEW_WINDOW} predictions flagged for review",
+            registry=r,
+        )
+        self.model_info = Info(f"{PREFIX}_model", "The model version being served", registry=r)
+        self.model_ready = Gauge(f"{PREFIX}_model_ready", "1 when a verified model is loaded", registry=r)
+        self.reloads = Counter(
+            f"{PREFIX}_model_reloads_total",
+            "Model loads by result (success, failure)",
+            ["result"],
+            registry=r,
+        )
+        self._recent_flags: deque[bool] = deque(maxlen=REVIEW_WINDOW)
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+
+    def observe_predictions(
+        self, categories: np.ndarray, confidence: np.ndarray, flagged: np.ndarray
+    ) -> None:
+        """Record one batch's outputs (called from the model thread, once per batch)."""
+        values, counts = np.unique(categories, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            self.predictions.labels(category=str(value)).inc(count)
+        for c in confidence.tolist():
+            self.confidence.observe(c)
+        n_flagged = int(flagged.sum())
+        if n_flagged:
+            self.review_flagged.inc(n_flagged)
+        self._recent_flags.extend(flagged.tolist())
+        self.review_share.set(sum(self._recent_flags) / len(self._recent_flags))

@@ -1,0 +1,47 @@
+"""Serving settings, read from ``ML_*`` environment variables (as MLServer's ``Settings`` are).
+
+The Deployment sets environment variables; ``python -m ml serve`` flags override them for a laptop
+run. Every field below is one variable: its name is ``ML_`` plus the field name in upper case.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ml.registry import DEFAULT_MODEL_NAME
+from ml.settings import DEFAULT_STORE
+
+
+class ServeSettings(BaseSettings):
+    """What the service serves, how it batches and how it reloads."""
+
+    model_config = SettingsConfigDict(env_prefix="ML_", extra="ignore", frozen=True)
+
+    #: ``ML_STORE``: the model store URL (a local directory or ``s3://bucket/prefix``).
+    store: str = DEFAULT_STORE
+    #: ``ML_MODEL_NAME``: which model of the store to serve (its ``LATEST`` version).
+    model_name: str = DEFAULT_MODEL_NAME
+    #: ``ML_HOST``: the address to bind; the container binds all interfaces, a laptop loopback.
+    host: str = "127.0.0.1"
+    #: ``ML_PORT``: the TCP port.
+    port: int = Field(default=8080, ge=1, le=65535)
+    #: ``ML_REVIEW_THRESHOLD``: predictions with a confidence below it are flagged for expert review.
+    review_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: ``ML_TOP_K``: how many alternative categories each prediction lists.
+    top_k: int = Field(default=3, ge=1, le=20)
+    #: ``ML_MAX_REQUEST_RECORDS``: records one request may carry; more is answered 413.
+    max_request_records: int = Field(default=1000, ge=1)
+    #: ``ML_MAX_BATCH_RECORDS``: records one model call may take when requests are grouped.
+    max_batch_records: int = Field(default=256, ge=1)
+    #: ``ML_BATCH_WINDOW_MS``: how long a batch may wait for more requests while others are still
+    #: arriving. A lone request never waits: the window only applies while requests are in flight.
+    batch_window_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    #: ``ML_RELOAD_INTERVAL_S``: how often the registry's ``LATEST`` is polled for a new version.
+    reload_interval_s: float = Field(default=10.0, gt=0.0)
+    #: ``ML_MAX_BODY_BYTES``: the largest request body accepted (413 above it), a memory guard.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: ``ML_IMAGE_DIGEST``: the image digest the process runs from, shown in ``/v1/model``.
+    image_digest: str | None = None
+    #: ``ML_LOG_LEVEL``: uvicorn's log level.
+    log_level: str = "info"
