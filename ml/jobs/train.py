@@ -1,0 +1,249 @@
+"""``python -m ml train``: validate, search hyper-parameters on Dask, fit, gate and register.
+
+The search (grid × cross-validation folds) and the final fit run on Dask workers: the client is
+the CronJob's small pod or a laptop, the heavy lifting goes where the cores are. Cross-validation
+folds are grouped by normalised description, like the validation split, so no score is inflated
+by the same text on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import joblib
+import pandas as pd
+from distributed import Client
+from rich.console import Console
+from sklearn.model_selection import GridSearchCV, GroupKFold
+
+from ml import schema
+from ml.cluster import dask_client, package_versions
+from ml.errors import BadInputError, GateRejectedError, InfrastructureError
+from ml.features import is_validation, normalise_column
+from ml.jobs.evaluate import metrics
+from ml.model import PARAM_GRID, build_pipeline, fit_model
+from ml.registry import ModelRegistry
+from ml.settings import default_model_name, default_store, image_digest
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+
+@dataclass
+class TrainResult:
+    version: str
+    promoted: bool
+    gate: str
+    metrics: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Show a spinner while a long step runs and its duration when it ends."""
+    started = time.perf_counter()
+    with console.status(f"{title}…"):
+        yield
+    console.print(f"[green]✓[/] {title} ({time.perf_counter() - started:.1f}s)")
+
+
+def search(client: Client, frame: pd.DataFrame, folds: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Grid search with grouped CV, every (candidate, fold) fit a task on the Dask workers."""
+    groups = normalise_column(frame[schema.DESCRIPTION])
+    grid = GridSearchCV(
+        build_pipeline(calibrated=False),
+        PARAM_GRID,
+        cv=GroupKFold(n_splits=folds),
+        scoring="f1_macro",
+        n_jobs=-1,
+        refit=False,
+        error_score="raise",
+    )
+    with joblib.parallel_backend("dask", client=client):  # type: ignore[arg-type]
+        grid.fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY], groups=groups)
+    results = [
+        {"params": params, "mean_macro_f1": float(mean), "std_macro_f1": float(std)}
+        for params, mean, std in zip(
+            grid.cv_results_["params"],
+            grid.cv_results_["mean_test_score"],
+            grid.cv_results_["std_test_score"],
+            strict=True,
+        )
+    ]
+    return dict(grid.best_params_), results
+
+
+def code_version() -> str:
+    return os.environ.get("ML_CODE_VERSION") or importlib_metadata.version("purchase-classifier")
+
+
+def train(
+    raw: pd.DataFrame,
+    *,
+    store: str,
+    name: str,
+    source: str,
+    snapshot: str | None = None,
+    max_bad_share: float = 0.05,
+    gate_tolerance: float = 0.01,
+    run_search: bool = True,
+    folds: int = 3,
+    scheduler: str | None = None,
+    dask_timeout: float = 30.0,
+) -> TrainResult:
+    """Train on labelled records and register the model; LATEST moves only if the gate passes."""
+    started = time.perf_counter()
+    with step("validating data"):
+        frame, report = schema.clean(raw, labeled=True, max_bad_share=max_bad_share)
+    console.print(report.summary())
+    validation_mask = is_validation(frame[schema.DESCRIPTION])
+    train_frame, validation = frame[~validation_mask], frame[validation_mask]
+    if train_frame[schema.CATEGORY].nunique() < 2 or validation.empty:
+        raise BadInputError(
+            f"not enough data to train: {len(train_frame)} training rows with "
+            f"{train_frame[schema.CATEGORY].nunique()} categories, {len(validation)} validation rows"
+        )
+    console.print(
+        f"{len(train_frame)} training rows, {len(validation)} validation rows, "
+        f"{train_frame[schema.CATEGORY].nunique()} categories"
+    )
+    registry = ModelRegistry(store, name)
+    baseline_latest = registry.latest_version()  # fail fast on an unreachable store
+    search_results: list[dict[str, Any]] = []
+    try:
+        with dask_client(scheduler, timeout=dask_timeout) as client:
+            params: dict[str, Any] = {}
+            if run_search:
+                with step(f"searching {_n_candidates()} candidates × {folds} folds on Dask"):
+                    params, search_results = search(client, train_frame, folds)
+                console.print(f"best parameters: {params}")
+            with step("fitting the final calibrated model on Dask"):
+                # one Dask task: a lost worker means a retry elsewhere, not a lost run
+                pipeline = client.submit(fit_model, train_frame, params, pure=False).result()
+    except (OSError, TimeoutError) as exc:
+        raise InfrastructureError(f"Dask failed during training: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("distributed"):  # KilledWorker, CommClosedError, ...
+            raise InfrastructureError(f"Dask failed during training: {type(exc).__name__}: {exc}") from exc
+        raise
+
+    with step("evaluating on the validation split"):
+        predicted = pipeline.predict(validation[schema.FEATURE_COLUMNS])
+        scores = metrics(validation[schema.CATEGORY].to_numpy(), predicted)
+    console.print(f"validation accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}")
+
+    model_metadata = {
+        "metrics": scores,
+        "params": {key: _jsonable(value) for key, value in params.items()},
+        "search": [
+            {**r, "params": {k: _jsonable(v) for k, v in r["params"].items()}} for r in search_results
+        ],
+        "data": {
+            "source": source,
+            "snapshot": snapshot,
+            "rows": len(raw),
+            "bad_rows": report.n_bad,
+            "train_rows": len(train_frame),
+            "validation_rows": len(validation),
+            "categories": int(train_frame[schema.CATEGORY].nunique()),
+        },
+        "libraries": package_versions(),
+        "code_version": code_version(),
+        "image_digest": image_digest(),
+        "training_seconds": round(time.perf_counter() - started, 1),
+    }
+    with step("storing the model"):
+        version = registry.save(pipeline, model_metadata)
+    decision = registry.gate(scores, gate_tolerance)
+    result = TrainResult(version, decision.promoted, decision.reason, scores, model_metadata["params"])
+    if not decision.promoted:
+        raise GateRejectedError(
+            f"model {name}/{version} stored but not promoted: {decision.reason}; "
+            f"LATEST stays {baseline_latest}"
+        )
+    registry.promote(version)
+    console.print(f"[green]LATEST[/] -> {version} ({decision.reason})")
+    return result
+
+
+def _n_candidates() -> int:
+    count = 1
+    for values in PARAM_GRID.values():
+        count *= len(values)
+    return count
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.snapshot:
+        from ml.snapshots import load_snapshot
+
+        raw, manifest = load_snapshot(args.store, args.snapshot)
+        source, snapshot = f"{args.store} snapshot", str(manifest.get("snapshot_id", args.snapshot))
+    else:
+        raw, source, snapshot = schema.read_records(args.data), args.data, None
+    result = train(
+        raw,
+        store=args.store,
+        name=args.name,
+        source=source,
+        snapshot=snapshot,
+        max_bad_share=args.max_bad_share,
+        gate_tolerance=args.gate_tolerance,
+        run_search=args.search,
+        folds=args.folds,
+        scheduler=args.scheduler,
+        dask_timeout=args.dask_timeout,
+    )
+    print(
+        json.dumps(
+            {
+                "version": result.version,
+                "promoted": result.promoted,
+                "gate": result.gate,
+                "accuracy": result.metrics["accuracy"],
+                "macro_f1": result.metrics["macro_f1"],
+            }
+        )
+    )
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train, gate and register a model")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="labelled CSV or parquet: a path or any fsspec URL")
+    data.add_argument("--snapshot", help="a training snapshot id in the store, or 'latest'")
+    parser.add_argument("--store", default=default_store(), help="model store URL (env ML_STORE)")
+    parser.add_argument("--name", default=default_model_name(), help="model name (env ML_MODEL_NAME)")
+    parser.add_argument(
+        "--max-bad-share", type=float, default=0.05, help="refuse data above this bad-row share"
+    )
+    parser.add_argument(
+        "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
+    )
+    parser.add_argument(
+        "--no-search", dest="search", action="store_false", help="skip the hyper-parameter search"
+    )
+    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds of the search")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address (env DASK_SCHEDULER_ADDRESS; default: local cluster)",
+    )
+    parser.add_argument(
+        "--dask-timeout", type=float, default=30.0, help="seconds to reach the scheduler and workers"
+    )
+    parser.set_defaults(func=run)

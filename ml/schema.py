@@ -1,0 +1,147 @@
+"""The purchase record schema and the validation every job runs before it trusts data.
+
+Validation never drops rows silently: it returns a report naming every bad row and why, and the
+caller decides (training refuses data whose bad share exceeds a limit; refresh excludes and reports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ml.errors import BadInputError
+
+ID = "id"
+DESCRIPTION = "description"
+COST = "cost"
+CONTRACT = "contract"
+DEPARTMENT = "department"
+CATEGORY = "category"
+
+FEATURE_COLUMNS = [DESCRIPTION, COST, CONTRACT, DEPARTMENT]
+TEXT_COLUMNS = [ID, DESCRIPTION, CONTRACT, DEPARTMENT, CATEGORY]
+RECORD_COLUMNS = [ID, *FEATURE_COLUMNS]
+LABELED_COLUMNS = [*RECORD_COLUMNS, CATEGORY]
+
+#: How many bad ids a report spells out; the count is always exact.
+_SHOWN_IDS = 20
+
+
+@dataclass
+class ValidationReport:
+    """Which rows failed validation and why (one reason per failed rule)."""
+
+    n_rows: int
+    bad: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids
+    #: Row positions that failed any rule (ids can be empty or duplicated, positions can't).
+    bad_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool), repr=False)
+
+    @property
+    def n_bad(self) -> int:
+        return int(self.bad_rows.sum())
+
+    @property
+    def bad_share(self) -> float:
+        return self.n_bad / self.n_rows if self.n_rows else 0.0
+
+    def summary(self) -> str:
+        if not self.bad:
+            return f"{self.n_rows} rows, all valid"
+        lines = [f"{self.n_bad} of {self.n_rows} rows invalid ({self.bad_share:.1%}):"]
+        for reason, ids in self.bad.items():
+            shown = ", ".join(ids[:_SHOWN_IDS]) + (" …" if len(ids) > _SHOWN_IDS else "")
+            lines.append(f"  {len(ids)} rows: {reason} (ids: {shown})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"n_rows": self.n_rows, "n_bad": self.n_bad, "bad": self.bad}
+
+
+def read_records(path: str, storage_options: dict[str, object] | None = None) -> pd.DataFrame:
+    """Read a CSV or parquet file (local path or any fsspec URL) with the schema's dtypes."""
+    lower = path.lower()
+    try:
+        if lower.endswith((".parquet", ".pq")) or lower.rstrip("/").endswith(("/", "parquet")):
+            frame = pd.read_parquet(path, storage_options=storage_options)
+        else:
+            frame = pd.read_csv(
+                path,
+                dtype={c: "string" for c in TEXT_COLUMNS},
+                keep_default_na=False,
+                na_values={COST: ["", "NA", "NaN", "nan"]},
+                storage_options=storage_options,
+            )
+    except FileNotFoundError as exc:
+        raise BadInputError(f"data file not found: {path}") from exc
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        raise BadInputError(f"cannot read {path}: {exc}") from exc
+    return frame
+
+
+def coerce(frame: pd.DataFrame, *, labeled: bool) -> pd.DataFrame:
+    """Return the schema's columns with their types; missing required columns are bad input.
+
+    Values that don't parse (a cost of ``"abc"``) become missing here and are caught by
+    :func:`validate` through the raw column, so nothing is converted away unnoticed.
+    """
+    required = LABELED_COLUMNS if labeled else RECORD_COLUMNS
+    missing = [c for c in (ID, DESCRIPTION, *([CATEGORY] if labeled else [])) if c not in frame.columns]
+    if missing:
+        raise BadInputError(f"missing required column(s): {', '.join(missing)}; expected {required}")
+    out = pd.DataFrame(index=frame.index)
+    for column in required:
+        if column == COST:
+            raw = frame[COST] if COST in frame.columns else pd.Series(np.nan, index=frame.index)
+            out[COST] = pd.to_numeric(raw, errors="coerce").astype("float64")
+        elif column in frame.columns:
+            out[column] = frame[column].astype("string").fillna("")
+        else:
+            out[column] = pd.Series("", index=frame.index, dtype="string")
+    return out
+
+
+def validate(frame: pd.DataFrame, *, labeled: bool) -> ValidationReport:
+    """Check every row against the schema; ``frame`` is raw input (before :func:`coerce`)."""
+    typed = coerce(frame, labeled=labeled)
+    ids = typed[ID].where(typed[ID].str.strip() != "", "<row " + typed.index.astype(str) + ">")
+    report = ValidationReport(n_rows=len(typed), bad_rows=np.zeros(len(typed), dtype=bool))
+
+    def flag(mask: pd.Series, reason: str) -> None:
+        hits = mask.to_numpy(dtype=bool, na_value=False)
+        if hits.any():
+            report.bad[reason] = [str(i) for i in ids[hits]]
+            report.bad_rows |= hits
+
+    flag(typed[ID].str.strip() == "", "id is empty")
+    flag(typed[ID].duplicated(keep="first") & (typed[ID].str.strip() != ""), "id is duplicated")
+    flag(typed[DESCRIPTION].str.strip() == "", "description is empty")
+    if COST in frame.columns:
+        raw_cost = frame[COST]
+        present = raw_cost.notna() & (raw_cost.astype("string").str.strip() != "")
+        flag(present & typed[COST].isna(), "cost is not a number")
+    flag(typed[COST] < 0, "cost is negative")
+    flag(np.isinf(typed[COST].fillna(0)), "cost is infinite")
+    if labeled:
+        flag(typed[CATEGORY].str.strip() == "", "category is empty")
+    return report
+
+
+def clean(
+    frame: pd.DataFrame, *, labeled: bool, max_bad_share: float
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Validate, refuse when too much is bad, and return the good rows with the report.
+
+    The report goes with the result so every caller prints or stores it: excluded rows are always
+    accounted for.
+    """
+    report = validate(frame, labeled=labeled)
+    if report.bad_share > max_bad_share:
+        raise BadInputError(
+            f"{report.summary()}\nrefusing: bad-row share {report.bad_share:.1%} exceeds the limit "
+            f"{max_bad_share:.1%} (--max-bad-share)"
+        )
+    typed = coerce(frame, labeled=labeled)
+    good = typed[~report.bad_rows].reset_index(drop=True)
+    return good, report

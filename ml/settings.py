@@ -1,0 +1,35 @@
+"""Where things live by default: embedded locally, overridden by environment variables in a cluster.
+
+The CronJobs and Deployments set these variables; on a laptop nothing needs to be set.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ml.registry import DEFAULT_MODEL_NAME
+
+STORE_ENV = "ML_STORE"
+DATABASE_ENV = "DATABASE_URL"
+MODEL_NAME_ENV = "ML_MODEL_NAME"
+IMAGE_DIGEST_ENV = "ML_IMAGE_DIGEST"
+
+DEFAULT_STORE = "var/store"
+DEFAULT_DATABASE_URL = "sqlite:///var/purchases.db"
+
+
+def default_store() -> str:
+    return os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+def default_database_url() -> str:
+    return os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
+
+
+def default_model_name() -> str:
+    return os.environ.get(MODEL_NAME_ENV) or DEFAULT_MODEL_NAME
+
+
+def image_digest() -> str | None:
+    """The image digest the process runs from, when the platform told us (recorded in outputs)."""
+    return os.environ.get(IMAGE_DIGEST_ENV) or None
