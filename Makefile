@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 and make are the only prerequisites):
+#   make demo   the batch flow on embedded defaults (SQLite, a local store, a local Dask cluster)
+#   make test   environment + lint (ruff, mypy) + the whole test suite
+# uv comes from PyPI when it isn't on PATH; every other package comes from uv.lock.
+
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+UV_VERSION := 0.13.9
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synced-$(shell cat pyproject.toml uv.lock | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint env bench clean
+
+env: $(STAMP)
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-groups
+	rm -f $(VENV)/.synced-*
+	touch $@
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy ml infra policy
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+demo: env
+	$(PY) -m ml demo
+
+bench: env
+	$(PY) bench/training.py
+	$(PY) bench/serving.py
+	$(PY) bench/batch_predict.py
+
+clean:
+	rm -rf var render .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""Fixtures for the ML tests: a realistic labelled sample and small trained models.
+
+The sample is drawn from the shipped data (same noise, same skew) but small enough that a fit
+takes a second or two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ml import schema
+from ml.model import fit_model
+from ml.registry import ModelRegistry
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "purchases_labeled.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def full_data() -> pd.DataFrame:
+    return schema.read_records(str(DATA))
+
+
+@pytest.fixture(scope="session")
+def labeled_sample(full_data: pd.DataFrame) -> pd.DataFrame:
+    """2,000 rows of the 12 most frequent categories (every category well represented)."""
+    top = full_data[schema.CATEGORY].value_counts().index[:12]
+    return full_data[full_data[schema.CATEGORY].isin(top)].sample(2000, random_state=7).reset_index(drop=True)
+
+
+@pytest.fixture
+def sample_csv(labeled_sample: pd.DataFrame, tmp_path: Path) -> Path:
+    path = tmp_path / "sample.csv"
+    labeled_sample.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fitted_pipeline(labeled_sample: pd.DataFrame):
+    return fit_model(schema.coerce(labeled_sample, labeled=True))
+
+
+@pytest.fixture
+def store_with_model(tmp_path: Path, fitted_pipeline) -> Callable[..., ModelRegistry]:
+    """A local store with one promoted version whose validation macro-F1 is ``macro_f1``."""
+
+    def make(macro_f1: float = 0.5) -> ModelRegistry:
+        registry = ModelRegistry(str(tmp_path / "store"))
+        version = registry.save(fitted_pipeline, {"metrics": {"accuracy": 0.9, "macro_f1": macro_f1, "n_rows": 1}})
+        registry.promote(version)
+        return registry
+
+    return make

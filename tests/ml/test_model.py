@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ml import schema
+from ml.calibration import fit_temperature
+from ml.model import fit_model, predict
+
+
+def test_predictions_carry_confidence_and_sorted_top_k(fitted_pipeline, labeled_sample: pd.DataFrame) -> None:
+    frame = schema.coerce(labeled_sample.head(50), labeled=True)
+    result = predict(fitted_pipeline, frame, top_k=3)
+    assert result.top_categories.shape == (50, 3)
+    assert np.all(np.diff(result.top_probabilities, axis=1) <= 0)
+    assert np.array_equal(result.category, result.top_categories[:, 0])
+    assert np.array_equal(result.category, fitted_pipeline.predict(frame[schema.FEATURE_COLUMNS]))
+    probabilities = fitted_pipeline.predict_proba(frame[schema.FEATURE_COLUMNS])
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    assert (result.confidence == probabilities.max(axis=1)).all()
+    assert result.needs_review(1.01).all() and not result.needs_review(0.0).any()
+
+
+def test_confidence_tracks_accuracy_on_unseen_text(fitted_pipeline, full_data: pd.DataFrame, labeled_sample) -> None:
+    """Calibration: among confident predictions the hit rate is high, among unsure ones low."""
+    unseen = full_data[
+        full_data.category.isin(labeled_sample.category.unique()) & ~full_data.id.isin(labeled_sample.id)
+    ].sample(1500, random_state=3)
+    frame = schema.coerce(unseen, labeled=True)
+    result = predict(fitted_pipeline, frame)
+    hit = result.category == frame["category"].to_numpy()
+    sure, unsure = result.confidence >= 0.8, result.confidence < 0.4
+    assert hit[sure].mean() > 0.85
+    assert hit[unsure].mean() < 0.6
+    # calibrated: mean confidence within a few points of accuracy overall
+    assert abs(result.confidence.mean() - hit.mean()) < 0.1
+
+
+def test_single_example_categories_train_without_error(labeled_sample: pd.DataFrame) -> None:
+    frame = schema.coerce(labeled_sample.head(300), labeled=True)
+    frame.loc[0, "category"] = "ONLY ONE ROW"
+    pipeline = fit_model(frame)
+    assert "ONLY ONE ROW" in pipeline.classes_
+    assert np.isfinite(pipeline.named_steps["classifier"].temperature_)
+
+
+def test_temperature_sharpens_underconfident_scores() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 500)
+    scores = rng.normal(0, 0.1, (500, 3))
+    scores[np.arange(500), labels] += 0.3  # always right, but with small margins
+    assert fit_temperature(scores, labels) < 0.2

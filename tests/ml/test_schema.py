@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ml import schema
+from ml.errors import BadInputError
+
+
+def raw(**columns: list) -> pd.DataFrame:
+    base = {
+        "id": ["a", "b", "c", "d"],
+        "description": ["SUT SILK 3-0", "CATH FOLEY 16FR", "GLOVE NITRILE", "IV SET"],
+        "cost": ["12.5", "", "3", "7"],
+        "contract": ["", "", "", ""],
+        "department": ["OR", "ICU", "", "ER"],
+        "category": ["Sutures", "Catheters", "Gloves", "IV"],
+    }
+    return pd.DataFrame({**base, **columns})
+
+
+def test_valid_rows_pass_and_missing_cost_is_allowed() -> None:
+    report = schema.validate(raw(), labeled=True)
+    assert report.n_bad == 0 and report.bad == {}
+    good, _ = schema.clean(raw(), labeled=True, max_bad_share=0.0)
+    assert len(good) == 4
+    assert good["cost"].isna().sum() == 1
+
+
+def test_every_bad_row_is_reported_with_its_id_and_reason() -> None:
+    frame = raw(
+        id=["a", "a", "", "d"],
+        description=["SUT", "  ", "GLOVE", "IV"],
+        cost=["-1", "abc", "3", "inf"],
+        category=["S", "C", "G", ""],
+    )
+    report = schema.validate(frame, labeled=True)
+    assert report.bad["cost is negative"] == ["a"]
+    assert report.bad["cost is not a number"] == ["a"]
+    assert report.bad["id is duplicated"] == ["a"]
+    assert report.bad["description is empty"] == ["a"]
+    assert report.bad["id is empty"] == ["<row 2>"]
+    assert report.bad["cost is infinite"] == ["d"]
+    assert report.bad["category is empty"] == ["d"]
+    assert report.n_bad == 4
+    assert "4 of 4 rows invalid" in report.summary()
+
+
+def test_clean_refuses_when_bad_share_exceeds_limit_and_never_drops_silently() -> None:
+    frame = raw(cost=["-1", "2", "3", "4"])
+    with pytest.raises(BadInputError, match=r"25\.0% exceeds the limit 10\.0%"):
+        schema.clean(frame, labeled=True, max_bad_share=0.10)
+    good, report = schema.clean(frame, labeled=True, max_bad_share=0.30)
+    assert list(good["id"]) == ["b", "c", "d"]
+    assert report.bad == {"cost is negative": ["a"]}
+
+
+def test_missing_required_column_names_it() -> None:
+    with pytest.raises(BadInputError, match="missing required column.*description"):
+        schema.validate(raw().drop(columns="description"), labeled=True)
+
+
+def test_unreadable_file_is_bad_input(tmp_path) -> None:
+    with pytest.raises(BadInputError, match="not found"):
+        schema.read_records(str(tmp_path / "nope.csv"))
