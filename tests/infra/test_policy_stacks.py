@@ -8,6 +8,8 @@ would report, found without a Pulumi CLI or cloud account.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from policy.rules import (
@@ -77,3 +79,21 @@ def test_a_tagged_image_would_be_caught() -> None:
     container["image"] = "purchase-classifier:latest"  # type: ignore[index]
     rule = next(r for r in RESOURCE_RULES if r.name == "images-by-digest")
     assert rule.check(res.type, props)
+
+
+def test_offline_scan_command_writes_a_passing_report(tmp_path: Path) -> None:
+    """``python -m policy.scan`` is what the PR workflow attaches; it must pass on the committed stacks."""
+    from policy.scan import main
+
+    out = tmp_path / "policy.md"
+    assert main(["--stack", "local", "--placeholder-digest", "sha256:" + "0" * 64, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## local: PASS" in text and "FAIL" not in text
+
+
+def test_offline_scan_fails_on_a_violation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import policy.scan as scan
+
+    monkeypatch.setattr(scan, "scan_stack", lambda stack, digest=None: (3, ["images-by-digest: x"]))
+    assert scan.main(["--stack", "dev", "--out", str(tmp_path / "r.md")]) == 1
+    assert "## dev: FAIL (1)" in (tmp_path / "r.md").read_text()
