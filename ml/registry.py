@@ -52,7 +52,7 @@ class GateDecision:
 
 def new_version() -> str:
     """Sortable, unique version ids: UTC time then random bits (two trainings never collide)."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
 def storage_options_from_env() -> dict[str, Any]:

@@ -6,11 +6,14 @@ takes a second or two.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3
 import pandas as pd
 import pytest
+from moto.server import ThreadedMotoServer
 
 from ml import schema
 from ml.model import fit_model
@@ -54,3 +57,31 @@ def store_with_model(tmp_path: Path, fitted_pipeline) -> Callable[..., ModelRegi
         return registry
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3 API server (moto's) on 127.0.0.1; boto3/s3fs reach it through AWS_ENDPOINT_URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    patch = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        patch.setenv(key, value)
+    yield endpoint
+    patch.undo()
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket_url(s3_endpoint: str) -> str:
+    """A fresh bucket per test: ``s3://<bucket>``."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"
