@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pulumi
 
 from infra.k8s.common import Context, database_port
-from infra.k8s.dask import DaskCluster
+from infra.k8s.dask import DaskCluster, worker_memory_limit
 from infra.k8s.jobs import Jobs
 from infra.k8s.namespace import Namespace
 from infra.k8s.serving import Serving
@@ -37,6 +37,10 @@ class Workloads(pulumi.ComponentResource):
         if cfg.database_url is None:  # pragma: no cover - config validation requires it with a digest
             raise ValueError("databaseUrl is required for the workloads")
         digest = cfg.image_digest
+        try:  # derived settings that config validation cannot see: fail before any object
+            worker_memory_limit(cfg.workloads.dask.workers.resources)
+        except ValueError as exc:
+            raise pulumi.RunError(f"purchase-classifier:workloads.dask.{exc}") from None
         has_keys = cfg.storage_access_key_id is not None and cfg.storage_secret_access_key is not None
         db_url = cfg.database_url.get_secret_value()
 
@@ -76,6 +80,4 @@ class Workloads(pulumi.ComponentResource):
         self.dask = DaskCluster("dask", ctx, cfg.workloads, opts=after_ns)
         self.serving = Serving("serving", ctx, opts=after_ns)
         self.jobs = Jobs("jobs", ctx, opts=after_ns)
-        self.register_outputs(
-            {"schedulerAddress": self.dask.scheduler_address, "servingUrl": self.serving.url}
-        )
+        self.register_outputs({"schedulerAddress": self.dask.scheduler_address, "servingUrl": self.serving.url})
