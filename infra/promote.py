@@ -200,7 +200,7 @@ def promote(source: str, target: str, root: Path = ROOT, *, dry_run: bool = Fals
     if not digest:
         raise PromotionError(
             f"source stack {source!r} has no image digest ({DIGEST_KEY} is empty): nothing to promote. "
-            f"Build the image and record it first (scripts/build-image --stack {source})."
+            f"Record a build there first (scripts/build-image --stack {source}) or promote into it."
         )
     validate_digest(digest, f"source stack {source!r} {DIGEST_KEY}")
     return set_digest(target, digest, root, dry_run=dry_run)
