@@ -58,9 +58,7 @@ purchases = sa.Table(
 labels = sa.Table(
     "labels",
     metadata,
-    sa.Column(
-        "purchase_id", sa.String(64), sa.ForeignKey("purchases.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("purchase_id", sa.String(64), sa.ForeignKey("purchases.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("category", sa.String(255)),
     sa.Column("labeled_by", sa.String(128)),
     sa.Column("labeled_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
@@ -70,9 +68,7 @@ predictions = sa.Table(
     "predictions",
     metadata,
     sa.Column("row_id", RowId, primary_key=True, autoincrement=True),
-    sa.Column(
-        "purchase_id", sa.String(64), sa.ForeignKey("purchases.id", ondelete="CASCADE"), nullable=False
-    ),
+    sa.Column("purchase_id", sa.String(64), sa.ForeignKey("purchases.id", ondelete="CASCADE"), nullable=False),
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("category", sa.String(255), nullable=False),
     sa.Column("confidence", sa.Float, nullable=False),
@@ -161,19 +157,14 @@ def is_unlabeled(ids: pd.Series, share: float) -> np.ndarray:
     """A stable choice of ids to leave without a label (they play the part of new purchases)."""
     if share <= 0:
         return np.zeros(len(ids), dtype=bool)
-    buckets = [
-        int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "big") % 10_000 for i in ids
-    ]
+    buckets = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "big") % 10_000 for i in ids]
     return np.asarray(buckets) < share * 10_000
 
 
 def _none_if_missing(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Records with NaN/NA as ``None`` (drivers want SQL NULL, not float NaN)."""
     return [
-        {
-            str(key): (None if value is None or value is pd.NA or value != value else value)
-            for key, value in row.items()
-        }
+        {str(key): (None if value is None or value is pd.NA or value != value else value) for key, value in row.items()}
         for row in frame.astype(object).to_dict("records")
     ]
 
@@ -214,9 +205,7 @@ def seed(
             for chunk in _chunks(records, SEED_CHUNK_ROWS):
                 with conn.begin():
                     existing = set(
-                        conn.scalars(
-                            sa.select(purchases.c.id).where(purchases.c.id.in_(chunk[schema.ID].tolist()))
-                        )
+                        conn.scalars(sa.select(purchases.c.id).where(purchases.c.id.in_(chunk[schema.ID].tolist())))
                     )
                     new = chunk[~chunk[schema.ID].isin(existing)]
                     counts["skipped_existing"] += len(chunk) - len(new)
@@ -242,8 +231,7 @@ def table_counts(engine: Engine) -> dict[str, int]:
     try:
         with engine.connect() as conn:
             return {
-                table.name: int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
-                for table in TABLES
+                table.name: int(conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0) for table in TABLES
             }
     except SQLAlchemyError as exc:
         raise infrastructure_error(engine.url, exc) from exc
@@ -280,9 +268,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--database-url", default=default_database_url(), help=url_help)
     init.set_defaults(func=_init_command)
 
-    seed_parser = commands.add_parser(
-        "seed", help="create the tables and load a purchases file (CSV/parquet)"
-    )
+    seed_parser = commands.add_parser("seed", help="create the tables and load a purchases file (CSV/parquet)")
     seed_parser.add_argument("--data", required=True, help="file with id, description, cost, contract, ...")
     seed_parser.add_argument("--database-url", default=default_database_url(), help=url_help)
     seed_parser.add_argument(

@@ -66,9 +66,7 @@ def resolve_snapshot(store: str, snapshot: str) -> str:
         return snapshot
     ids = list_snapshots(store)
     if not ids:
-        raise NotFoundError(
-            f"no training snapshot in {store}/{TRAINING_DIR}: run `python -m ml refresh` first"
-        )
+        raise NotFoundError(f"no training snapshot in {store}/{TRAINING_DIR}: run `python -m ml refresh` first")
     return ids[-1]
 
 

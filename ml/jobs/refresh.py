@@ -166,9 +166,7 @@ def resolve_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, DedupeReport]
         _contract=normalise_column(frame[schema.CONTRACT]),
         _department=normalise_column(frame[schema.DEPARTMENT]),
     )
-    votes = (
-        keyed.groupby([*_KEY, schema.CATEGORY], sort=False, observed=True).size().rename("n").reset_index()
-    )
+    votes = keyed.groupby([*_KEY, schema.CATEGORY], sort=False, observed=True).size().rename("n").reset_index()
     per_key = votes.groupby(_KEY, sort=False)["n"]
     votes["rows"] = per_key.transform("sum")
     votes["labels"] = per_key.transform("size")
@@ -194,9 +192,7 @@ def resolve_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, DedupeReport]
     return resolved, report
 
 
-def _conflict_examples(
-    votes: pd.DataFrame, conflicts: pd.DataFrame, tie_keys: pd.DataFrame
-) -> list[dict[str, Any]]:
+def _conflict_examples(votes: pd.DataFrame, conflicts: pd.DataFrame, tie_keys: pd.DataFrame) -> list[dict[str, Any]]:
     """The largest conflicts, so a reviewer sees what kind of disagreement the data holds."""
     largest = conflicts.nlargest(SHOWN_CONFLICTS, "rows")
     ties = set(map(tuple, tie_keys[_KEY].to_numpy()))
@@ -268,9 +264,7 @@ def refresh(config: RefreshConfig) -> RefreshResult:
     resolved, dedupe = resolve_duplicates(good)
     log.info("%s", dedupe.summary())
     if resolved.empty:
-        raise NotFoundError(
-            f"nothing left to train on from {source} after validation and duplicate resolution"
-        )
+        raise NotFoundError(f"nothing left to train on from {source} after validation and duplicate resolution")
 
     snapshot_id = snapshots.new_snapshot_id()
     files = write_parts(resolved, config.store, snapshot_id, config.rows_per_file)
@@ -295,10 +289,7 @@ def refresh(config: RefreshConfig) -> RefreshResult:
             "n_rows": validation.n_rows,
             "n_bad": validation.n_bad,
             "max_bad_share": config.max_bad_share,
-            "bad": {
-                reason: {"count": len(ids), "ids": ids[:MANIFEST_IDS]}
-                for reason, ids in validation.bad.items()
-            },
+            "bad": {reason: {"count": len(ids), "ids": ids[:MANIFEST_IDS]} for reason, ids in validation.bad.items()},
         },
         "duplicates": dedupe.to_dict(),
         "label_distribution": {str(k): int(v) for k, v in labels.items()},
