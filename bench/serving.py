@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -377,10 +376,11 @@ def ok_v2(payload: bytes) -> bool:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], header_too: bool = True) -> None:
     header = f"| {'target':<44} | conc | requests | errors | req/s  | p50 ms | p99 ms |"
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    if header_too:
+        print(header)
+        print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         print(
             f"| {r.target:<44} | {r.concurrency:>4} | {r.requests:>8} | {r.errors:>6} | {r.rps:>6.0f} | "
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.warmup,
                     )
                 )
-                print_table(rows[-1:])
+                print_table(rows[-1:], header_too=False)
                 if args.with_v2:
                     rows.append(
                         run_load(
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.warmup,
                         )
                     )
-                    print_table(rows[-1:])
+                    print_table(rows[-1:], header_too=False)
         finally:
             stop(ours)
 
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.warmup,
                             )
                         )
-                        print_table(rows[-1:])
+                        print_table(rows[-1:], header_too=False)
                 finally:
                     stop(mls)
 
@@ -517,7 +517,6 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "rows": [asdict(r) for r in rows],
                 "verdicts": verdicts(rows),
-                "median_floor_ms": statistics.median([rows[0].p50_ms]),
             },
             indent=2,
         )

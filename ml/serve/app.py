@@ -73,9 +73,7 @@ class ObserveMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(template, scope["method"]).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.request_latency.labels(template, scope["method"]).observe(time.perf_counter() - started)
             self.metrics.requests.labels(template, str(status)).inc()
 
 
@@ -83,9 +81,7 @@ def _is_json(scope: Scope) -> bool:
     for key, value in scope["headers"]:
         if key == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (
-                media.startswith(b"application/") and media.endswith(b"+json")
-            )
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
     return False
 
 
@@ -237,9 +233,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         if model is None:
             raise v2.V2Error(f"model '{name}' is not ready: {state.reason}", 503)
         if version is not None and version != model.version:
-            raise v2.V2Error(
-                f"model '{name}' version '{version}' is not loaded (serving {model.version})", 404
-            )
+            raise v2.V2Error(f"model '{name}' version '{version}' is not loaded (serving {model.version})", 404)
         return model
 
     @app.get("/v2", tags=["v2"], response_model=v2.ServerMetadata, summary="V2 server metadata")

@@ -132,9 +132,7 @@ class MicroBatcher:
 
     def _call(self, model: LoadedModel, parts: list[Columns]) -> list[Result]:
         started = time.perf_counter()
-        predictions, results = run_model(
-            model.pipeline, parts, self.settings.top_k, self.settings.review_threshold
-        )
+        predictions, results = run_model(model.pipeline, parts, self.settings.top_k, self.settings.review_threshold)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(sum(len(p) for p in parts))
         self.metrics.observe_predictions(

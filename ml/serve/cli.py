@@ -54,9 +54,7 @@ def add_parser(subparsers: Any) -> None:
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     """Environment first, flags over it; an invalid value is bad input with the field named."""
     overrides = {
-        field: getattr(args, field)
-        for field, _, _ in _FLAGS.values()
-        if getattr(args, field, None) is not None
+        field: getattr(args, field) for field, _, _ in _FLAGS.values() if getattr(args, field, None) is not None
     }
     try:
         return ServeSettings(**overrides)

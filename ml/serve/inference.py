@@ -74,9 +74,7 @@ class Result:
     needs_review: list[bool]
 
 
-def run_model(
-    pipeline: Any, parts: list[Columns], top_k: int, threshold: float
-) -> tuple[Predictions, list[Result]]:
+def run_model(pipeline: Any, parts: list[Columns], top_k: int, threshold: float) -> tuple[Predictions, list[Result]]:
     """Predict a batch and split it back into one :class:`Result` per request."""
     predictions = predict(pipeline, to_frame(parts), top_k=top_k)
     category = predictions.category.astype(str).tolist()

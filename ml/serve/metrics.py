@@ -79,9 +79,7 @@ class ServeMetrics:
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
 
-    def observe_predictions(
-        self, categories: np.ndarray, confidence: np.ndarray, flagged: np.ndarray
-    ) -> None:
+    def observe_predictions(self, categories: np.ndarray, confidence: np.ndarray, flagged: np.ndarray) -> None:
         """Record one batch's outputs (called from the model thread, once per batch)."""
         values, counts = np.unique(categories, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):

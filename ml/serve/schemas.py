@@ -10,9 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-NonBlank = Annotated[
-    str, StringConstraints(strip_whitespace=False, min_length=1, max_length=2000, pattern=r"\S")
-]
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=2000, pattern=r"\S")]
 Text = Annotated[str, StringConstraints(max_length=2000)]
 
 

@@ -121,9 +121,9 @@ def start_server(store: Path, log: Path, *extra: str, env: dict[str, str] | None
     return server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline: Any) -> Iterator[Server]:
-    """A server with one promoted tiny model, ready."""
+    """A server with one promoted tiny model, ready (shared by the API and fuzz tests)."""
     base = tmp_path_factory.mktemp("serve")
     save_model(base / "store", tiny_pipeline)
     running = start_server(

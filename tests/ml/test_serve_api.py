@@ -21,10 +21,10 @@ pytestmark = pytest.mark.slow
 
 
 def records(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for row in frame[RECORD_COLUMNS].head(n).to_dict("records"):
         cost = row["cost"]
-        out.append({**row, "cost": None if pd.isna(cost) else float(cost)})
+        out.append({**{str(k): v for k, v in row.items()}, "cost": None if pd.isna(cost) else float(cost)})
     return out
 
 

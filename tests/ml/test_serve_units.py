@@ -1,0 +1,121 @@
+"""In-process pieces of the service: settings precedence and the micro-batcher's grouping."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from ml.cli import build_parser
+from ml.errors import BadInputError
+from ml.model import predict
+from ml.registry import LoadedModel
+from ml.serve.batching import MicroBatcher
+from ml.serve.cli import settings_from_args
+from ml.serve.inference import Columns
+from ml.serve.metrics import ServeMetrics
+from ml.serve.settings import ServeSettings
+from tests.ml import serve_fixtures
+
+tiny_data = serve_fixtures.tiny_data
+tiny_pipeline = serve_fixtures.tiny_pipeline
+
+
+def test_settings_come_from_ml_env_vars_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_STORE", "s3://bucket/models")
+    monkeypatch.setenv("ML_MODEL_NAME", "other")
+    monkeypatch.setenv("ML_REVIEW_THRESHOLD", "0.7")
+    monkeypatch.setenv("ML_BATCH_WINDOW_MS", "5")
+    monkeypatch.setenv("ML_IMAGE_DIGEST", "sha256:" + "a" * 64)
+    args = build_parser().parse_args(["serve", "--port", "9000", "--model", "flagged", "--max-batch-records", "64"])
+    settings = settings_from_args(args)
+    assert settings.store == "s3://bucket/models"
+    assert settings.model_name == "flagged"
+    assert settings.port == 9000
+    assert settings.review_threshold == 0.7
+    assert settings.batch_window_ms == 5
+    assert settings.max_batch_records == 64
+    assert settings.image_digest == "sha256:" + "a" * 64
+    assert args.func.__module__ == "ml.serve.cli"
+
+
+def test_an_invalid_setting_is_bad_input_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_REVIEW_THRESHOLD", "1.5")
+    with pytest.raises(BadInputError, match="review_threshold"):
+        settings_from_args(build_parser().parse_args(["serve"]))
+
+
+def columns(frame: pd.DataFrame) -> Columns:
+    out = Columns()
+    for row in frame.to_dict("records"):
+        out.add(row["description"], None if pd.isna(row["cost"]) else row["cost"], row["contract"], row["department"])
+    return out
+
+
+def test_concurrent_requests_share_model_calls_and_keep_their_rows(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
+    model = LoadedModel("v1", tiny_pipeline, {})
+    parts = [tiny_data.iloc[i * 3 : i * 3 + 3].reset_index(drop=True) for i in range(8)]
+    metrics = ServeMetrics()
+
+    async def scenario() -> list[Any]:
+        batcher = MicroBatcher(ServeSettings(batch_window_ms=50), metrics)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(model, columns(part)) for part in parts))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    for part, result in zip(parts, results, strict=True):
+        expected = predict(tiny_pipeline, part)
+        assert result.category == expected.category.tolist()
+        assert result.confidence == pytest.approx(expected.confidence.tolist())
+    calls = metrics.registry.get_sample_value("purchase_classifier_serve_batch_size_records_count")
+    records = metrics.registry.get_sample_value("purchase_classifier_serve_batch_size_records_sum")
+    assert records == 24
+    assert calls is not None and calls < 8  # grouped: fewer model calls than requests
+
+
+def test_a_batch_never_exceeds_max_batch_records(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
+    model = LoadedModel("v1", tiny_pipeline, {})
+    metrics = ServeMetrics()
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(ServeSettings(max_batch_records=5), metrics)
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit(model, columns(tiny_data.iloc[i : i + 2])) for i in range(10)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    buckets = {
+        sample.labels["le"]: sample.value
+        for metric in metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "purchase_classifier_serve_batch_size_records_bucket"
+    }
+    assert buckets["4.0"] == buckets["+Inf"]  # every call held at most 4 rows (two 2-row requests)
+
+
+def test_versions_in_one_batch_each_use_their_own_model(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
+    old, new = LoadedModel("old", tiny_pipeline, {}), LoadedModel("new", tiny_pipeline, {})
+    calls: list[str] = []
+
+    class Spy(MicroBatcher):
+        def _call(self, model: LoadedModel, parts: list[Columns]) -> Any:
+            calls.append(model.version)
+            return super()._call(model, parts)
+
+    async def scenario() -> None:
+        batcher = Spy(ServeSettings(), ServeMetrics())
+        batcher.start()
+        try:
+            await asyncio.gather(*(batcher.submit(m, columns(tiny_data.iloc[:1])) for m in (old, new, old, new)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sorted(calls) == ["new", "old"]
