@@ -15,25 +15,26 @@ from collections.abc import Sequence
 
 from ml.errors import ExitCode, MlError
 
-#: Modules that contribute commands, each with ``add_parser(subparsers)``.
-COMMAND_MODULES = (
-    "ml.jobs.train",
-    "ml.jobs.evaluate",
-    "ml.models_cli",
-    "ml.db",
-    "ml.jobs.refresh",
-    "ml.jobs.predict",
-    "ml.serve.cli",
-    "ml.dask_cli",
-    "ml.demo",
-)
+#: Command -> the module that adds its parser with ``add_parser(subparsers)``. Only the module of
+#: the command being run is imported: scikit-learn, FastAPI and friends take seconds to import, and
+#: ``python -m ml dask worker`` should not pay for them.
+COMMAND_MODULES = {
+    "train": "ml.jobs.train",
+    "evaluate": "ml.jobs.evaluate",
+    "models": "ml.models_cli",
+    "db": "ml.db",
+    "refresh": "ml.jobs.refresh",
+    "predict": "ml.jobs.predict",
+    "serve": "ml.serve.cli",
+    "dask": "ml.dask_cli",
+    "demo": "ml.demo",
+}
 
-EPILOG = "exit codes: " + ", ".join(
-    f"{code.value} {code.name.lower().replace('_', ' ')}" for code in ExitCode
-)
+EPILOG = "exit codes: " + ", ".join(f"{code.value} {code.name.lower().replace('_', ' ')}" for code in ExitCode)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``command`` only that command's module is imported."""
     parser = argparse.ArgumentParser(
         prog="python -m ml",
         description="Train, evaluate, batch-predict and serve the purchase classifier.",
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    selected = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMAND_MODULES.values()
+    for name in selected:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -53,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -69,6 +69,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(func=func)
     commands.choices["show"].add_argument("version", nargs="?", default="latest", help="version or 'latest'")
-    commands.choices["show"].add_argument(
-        "--per-class", action="store_true", help="include per-class metrics"
-    )
+    commands.choices["show"].add_argument("--per-class", action="store_true", help="include per-class metrics")

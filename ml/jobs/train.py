@@ -144,9 +144,7 @@ def train(
     model_metadata = {
         "metrics": scores,
         "params": {key: _jsonable(value) for key, value in params.items()},
-        "search": [
-            {**r, "params": {k: _jsonable(v) for k, v in r["params"].items()}} for r in search_results
-        ],
+        "search": [{**r, "params": {k: _jsonable(v) for k, v in r["params"].items()}} for r in search_results],
         "data": {
             "source": source,
             "snapshot": snapshot,
@@ -167,8 +165,7 @@ def train(
     result = TrainResult(version, decision.promoted, decision.reason, scores, model_metadata["params"])
     if not decision.promoted:
         raise GateRejectedError(
-            f"model {name}/{version} stored but not promoted: {decision.reason}; "
-            f"LATEST stays {baseline_latest}"
+            f"model {name}/{version} stored but not promoted: {decision.reason}; LATEST stays {baseline_latest}"
         )
     registry.promote(version)
     console.print(f"[green]LATEST[/] -> {version} ({decision.reason})")
@@ -228,22 +225,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--snapshot", help="a training snapshot id in the store, or 'latest'")
     parser.add_argument("--store", default=default_store(), help="model store URL (env ML_STORE)")
     parser.add_argument("--name", default=default_model_name(), help="model name (env ML_MODEL_NAME)")
-    parser.add_argument(
-        "--max-bad-share", type=float, default=0.05, help="refuse data above this bad-row share"
-    )
+    parser.add_argument("--max-bad-share", type=float, default=0.05, help="refuse data above this bad-row share")
     parser.add_argument(
         "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
     )
-    parser.add_argument(
-        "--no-search", dest="search", action="store_false", help="skip the hyper-parameter search"
-    )
+    parser.add_argument("--no-search", dest="search", action="store_false", help="skip the hyper-parameter search")
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds of the search")
     parser.add_argument(
         "--scheduler",
         default=None,
         help="Dask scheduler address (env DASK_SCHEDULER_ADDRESS; default: local cluster)",
     )
-    parser.add_argument(
-        "--dask-timeout", type=float, default=30.0, help="seconds to reach the scheduler and workers"
-    )
+    parser.add_argument("--dask-timeout", type=float, default=30.0, help="seconds to reach the scheduler and workers")
     parser.set_defaults(func=run)

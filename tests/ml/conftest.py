@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from ml import schema
 from ml.model import fit_model
 from ml.registry import ModelRegistry
+from tests.support.dask_processes import DaskProcesses
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "purchases_labeled.csv.gz"
 
@@ -85,3 +86,13 @@ def s3_bucket_url(s3_endpoint: str) -> str:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
+
+
+@pytest.fixture
+def dask_processes(tmp_path: Path) -> Iterator[DaskProcesses]:
+    """An unstarted cluster of scheduler/worker processes; the test calls ``.start(...)``."""
+    workdir = tmp_path / "dask"
+    workdir.mkdir()
+    cluster = DaskProcesses(workdir)
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,144 @@
+"""The training job end to end: CLI in a subprocess, a real multi-process Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from distributed import Client
+
+from ml.errors import ExitCode
+from ml.registry import ModelRegistry
+
+pytestmark = pytest.mark.slow
+
+
+def ml(*args: str, scheduler: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": scheduler or ""}
+    return subprocess.run([sys.executable, "-m", "ml", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample_csv: Path, tmp_path: Path) -> None:
+    dask_processes.start(n_workers=2)
+    store = str(tmp_path / "store")
+    result = ml("train", "--data", str(sample_csv), "--store", store, scheduler=dask_processes.address)
+    assert result.returncode == ExitCode.OK, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["promoted"] and summary["macro_f1"] > 0.5
+    registry = ModelRegistry(store)
+    assert registry.latest_version() == summary["version"]
+    meta = registry.metadata()
+    assert meta["data"]["rows"] == 2000 and meta["data"]["validation_rows"] > 0
+    assert len(meta["search"]) == 4 and meta["params"]
+    assert meta["libraries"]["scikit-learn"] and meta["sha256"]
+    assert "searching 4 candidates" in result.stderr
+
+    evaluated = ml(
+        "evaluate", "--model", store, "--data", str(sample_csv), "--json", "--plot", str(tmp_path / "cm.png")
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert set(metrics) == {"accuracy", "macro_f1", "n_rows", "per_class"}
+    assert metrics["n_rows"] == 2000 and (tmp_path / "cm.png").stat().st_size > 10_000
+
+    listed = ml("models", "list", "--store", store, "--json")
+    assert [entry["latest"] for entry in json.loads(listed.stdout)] == [True]
+    shown = ml("models", "show", "--store", store)
+    assert json.loads(shown.stdout)["version"] == summary["version"]
+
+
+def test_gate_rejects_worse_model_and_keeps_latest(store_with_model, sample_csv: Path, tmp_path: Path) -> None:
+    registry = store_with_model(macro_f1=0.999)
+    before = registry.latest_version()
+    result = ml("train", "--data", str(sample_csv), "--store", str(tmp_path / "store"), "--no-search")
+    assert result.returncode == ExitCode.GATE_REJECTED, result.stderr
+    assert "stored but not promoted" in result.stderr and before in result.stderr
+    assert registry.latest_version() == before
+    assert len(registry.versions()) == 2
+
+
+def test_bad_rows_are_reported_and_refused(labeled_sample: pd.DataFrame, tmp_path: Path) -> None:
+    bad = labeled_sample.copy()
+    bad.loc[:199, "cost"] = -5
+    bad.loc[200:209, "description"] = ""
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    result = ml("train", "--data", str(path), "--store", str(tmp_path / "store"), "--no-search")
+    assert result.returncode == ExitCode.BAD_INPUT
+    assert "210 of 2000 rows invalid" in result.stderr
+    assert "200 rows: cost is negative" in result.stderr and "10 rows: description is empty" in result.stderr
+    assert "exceeds the limit 5.0%" in result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_unreachable_scheduler_fails_fast(sample_csv: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = ml(
+        "train",
+        "--data",
+        str(sample_csv),
+        "--store",
+        str(tmp_path / "s"),
+        "--dask-timeout",
+        "3",
+        scheduler="tcp://127.0.0.1:9",
+        timeout=120,
+    )
+    assert result.returncode == ExitCode.INFRASTRUCTURE
+    assert "tcp://127.0.0.1:9 is unreachable" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_version_mismatch_on_a_worker_is_refused(dask_processes, sample_csv: Path, tmp_path: Path) -> None:
+    preload = tmp_path / "other_sklearn.py"
+    preload.write_text(
+        "from importlib import metadata\n"
+        "_real = getattr(metadata.version, '_real', metadata.version)\n"
+        "def version(name):\n"
+        "    return '0.0.0-other' if name == 'scikit-learn' else _real(name)\n"
+        "version._real = _real\n"
+        "metadata.version = version\n"
+    )
+    dask_processes.start(n_workers=1, preload=preload)
+    result = ml("train", "--data", str(sample_csv), "--store", str(tmp_path / "s"), scheduler=dask_processes.address)
+    assert result.returncode == ExitCode.INFRASTRUCTURE
+    assert "versions differ" in result.stderr and "scikit-learn: client" in result.stderr
+    assert "0.0.0-other" in result.stderr
+
+
+def test_worker_killed_during_training(dask_processes, store_with_model, full_data, tmp_path: Path) -> None:
+    """Either Dask reschedules and training completes, or it fails clearly and LATEST is unchanged."""
+    dask_processes.start(n_workers=2)
+    registry = store_with_model(macro_f1=0.0)
+    before = registry.latest_version()
+    data = tmp_path / "big.csv"
+    full_data.sample(12_000, random_state=1).to_csv(data, index=False)
+    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": dask_processes.address}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "ml", "train", "--data", str(data), "--store", str(tmp_path / "store")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    with Client(dask_processes.address) as client:
+        deadline = time.monotonic() + 120
+        while not any(client.processing().values()):
+            assert time.monotonic() < deadline and job.poll() is None, "training never started work"
+            time.sleep(0.2)
+    time.sleep(1.0)
+    dask_processes.workers[0].send_signal(signal.SIGKILL)
+    stdout, stderr = job.communicate(timeout=600)
+    if job.returncode == ExitCode.OK:
+        assert registry.latest_version() == json.loads(stdout.strip().splitlines()[-1])["version"] != before
+    else:
+        assert job.returncode == ExitCode.INFRASTRUCTURE, stderr
+        assert "Dask failed during training" in stderr
+        assert registry.latest_version() == before
