@@ -258,9 +258,7 @@ def render(
     try:
         run = run_stack(stack, overrides=overrides, secrets=secrets, root=root)
     except FileNotFoundError as exc:
-        known = sorted(
-            p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml")
-        )
+        known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
         raise RenderError(f"{exc}; stacks here: {', '.join(known)}") from None
     except pulumi.RunError as exc:
         raise RenderError(str(exc)) from None

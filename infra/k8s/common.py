@@ -155,9 +155,7 @@ def metadata(ctx: Context, name: str, component: str, **extra: Any) -> Obj:
 def component_selector(components: tuple[str, ...] | list[str]) -> Obj:
     """A ``podSelector`` matching any of ``components`` (NetworkPolicy peers and targets)."""
     return {
-        "matchExpressions": [
-            {"key": "app.kubernetes.io/component", "operator": "In", "values": sorted(components)}
-        ]
+        "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In", "values": sorted(components)}]
     }
 
 

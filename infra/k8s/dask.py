@@ -205,9 +205,7 @@ def build_worker_deployment(ctx: Context) -> Obj:
             "template": {
                 "metadata": {"labels": labels(ctx, WORKER)},
                 # Spilled partitions land in /tmp: room for twice the memory limit.
-                "spec": pod_spec(
-                    [main], SA_DASK_WORKER, termination_grace=60, tmp_size=f"{spill}Mi", **extra
-                ),
+                "spec": pod_spec([main], SA_DASK_WORKER, termination_grace=60, tmp_size=f"{spill}Mi", **extra),
             },
         },
     }
@@ -335,21 +333,13 @@ class DaskCluster(pulumi.ComponentResource):
             return ctx.apply(builder)  # type: ignore[arg-type]
 
         scheduler = obj(build_scheduler_deployment)
-        k8s.apps.v1.Deployment(
-            f"{name}-scheduler", metadata=scheduler["metadata"], spec=scheduler["spec"], opts=child
-        )
+        k8s.apps.v1.Deployment(f"{name}-scheduler", metadata=scheduler["metadata"], spec=scheduler["spec"], opts=child)
         service = obj(build_scheduler_service)
-        k8s.core.v1.Service(
-            f"{name}-scheduler", metadata=service["metadata"], spec=service["spec"], opts=child
-        )
+        k8s.core.v1.Service(f"{name}-scheduler", metadata=service["metadata"], spec=service["spec"], opts=child)
         workers = obj(build_worker_deployment)
-        k8s.apps.v1.Deployment(
-            f"{name}-workers", metadata=workers["metadata"], spec=workers["spec"], opts=child
-        )
+        k8s.apps.v1.Deployment(f"{name}-workers", metadata=workers["metadata"], spec=workers["spec"], opts=child)
         pdb = obj(build_worker_pdb)
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-workers", metadata=pdb["metadata"], spec=pdb["spec"], opts=child
-        )
+        k8s.policy.v1.PodDisruptionBudget(f"{name}-workers", metadata=pdb["metadata"], spec=pdb["spec"], opts=child)
         if workloads.dask.workers.autoscaling is not None:
             hpa = obj(build_worker_hpa)
             k8s.autoscaling.v2.HorizontalPodAutoscaler(

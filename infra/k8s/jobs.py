@@ -93,9 +93,7 @@ def _cronjob(job: str, ctx: Context) -> Obj:
 class Jobs(pulumi.ComponentResource):
     """The three CronJobs; their ServiceAccounts come from :class:`~infra.k8s.namespace.Namespace`."""
 
-    def __init__(
-        self, name: str, ctx: pulumi.Output[Context], opts: pulumi.ResourceOptions | None = None
-    ) -> None:
+    def __init__(self, name: str, ctx: pulumi.Output[Context], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("purchase-classifier:k8s:Jobs", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         for job in JOBS:

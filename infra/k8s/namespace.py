@@ -85,9 +85,7 @@ def build_dns_egress(ctx: Context) -> Obj:
                 {
                     "to": [
                         {
-                            "namespaceSelector": {
-                                "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
-                            },
+                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
                             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
                         }
                     ],
@@ -113,9 +111,7 @@ def build_data_egress(ctx: Context) -> Obj:
         ports.add(ctx.database_port)
     rules: list[Obj] = [{"to": anywhere, "ports": [{"protocol": "TCP", "port": p} for p in sorted(ports)]}]
     if ctx.storage_endpoint_url is None:
-        rules.append(
-            {"to": [{"ipBlock": {"cidr": POD_IDENTITY_AGENT}}], "ports": [{"protocol": "TCP", "port": 80}]}
-        )
+        rules.append({"to": [{"ipBlock": {"cidr": POD_IDENTITY_AGENT}}], "ports": [{"protocol": "TCP", "port": 80}]})
     return _policy(
         ctx,
         "allow-data-egress",
@@ -177,9 +173,7 @@ class Namespace(pulumi.ComponentResource):
     ) -> None:
         super().__init__("purchase-classifier:k8s:Namespace", name, None, opts)
         ns = ctx.apply(lambda c: build_namespace(c.namespace, c.instance))
-        self.namespace = k8s.core.v1.Namespace(
-            name, metadata=ns["metadata"], opts=pulumi.ResourceOptions(parent=self)
-        )
+        self.namespace = k8s.core.v1.Namespace(name, metadata=ns["metadata"], opts=pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
         for account in SERVICE_ACCOUNTS:
             arn = (role_arns or {}).get(account)

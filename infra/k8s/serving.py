@@ -196,9 +196,7 @@ class Serving(pulumi.ComponentResource):
         service = obj(build_service)
         k8s.core.v1.Service(name, metadata=service["metadata"], spec=service["spec"], opts=child)
         hpa = obj(build_hpa)
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            name, metadata=hpa["metadata"], spec=hpa["spec"], opts=child
-        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(name, metadata=hpa["metadata"], spec=hpa["spec"], opts=child)
         pdb = obj(build_pdb)
         k8s.policy.v1.PodDisruptionBudget(name, metadata=pdb["metadata"], spec=pdb["spec"], opts=child)
         policy = obj(build_network_policy)
