@@ -36,9 +36,7 @@ from infra.naming import PROJECT
 
 NAMESPACE = f"{PROJECT}:"
 
-SECRET_KEYS: frozenset[str] = frozenset(
-    {"databaseUrl", "kubeconfig", "storageAccessKeyId", "storageSecretAccessKey"}
-)
+SECRET_KEYS: frozenset[str] = frozenset({"databaseUrl", "kubeconfig", "storageAccessKeyId", "storageSecretAccessKey"})
 """Top-level keys that must be set with ``pulumi config set --secret``."""
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -242,9 +240,7 @@ class CronJob(_Model):
     """One scheduled batch job."""
 
     schedule: Cron = Field(description="Cron schedule, 5 fields, in the cluster's time zone (UTC).")
-    active_deadline_seconds: int = Field(
-        ge=60, le=7 * 24 * 3600, description="Kill the job after this many seconds."
-    )
+    active_deadline_seconds: int = Field(ge=60, le=7 * 24 * 3600, description="Kill the job after this many seconds.")
     backoff_limit: int = Field(ge=0, le=10, description="Retries before the job is marked failed.")
     starting_deadline_seconds: int = Field(
         ge=10, le=24 * 3600, description="Skip a run that could not start within this many seconds."
@@ -268,9 +264,7 @@ class Workloads(_Model):
     """Kubernetes workloads (declared by `infra/k8s`)."""
 
     namespace: DnsLabel = Field(description="Namespace for every workload.")
-    model_name: DnsLabel = Field(
-        default="purchase-classifier", description="Model name under `models/` in the bucket."
-    )
+    model_name: DnsLabel = Field(default="purchase-classifier", description="Model name under `models/` in the bucket.")
     dask: Dask = Field(description="Dask scheduler and workers.")
     serving: Serving = Field(description="REST serving.")
     jobs: Jobs = Field(description="Refresh, train and predict CronJobs.")
@@ -302,18 +296,14 @@ class NodeGroup(_Model):
 class NodeGroups(_Model):
     """The two node groups: system (on-demand) and Dask workers (tainted)."""
 
-    system: NodeGroup = Field(
-        description="Runs system addons, the scheduler, serving and jobs; must be ON_DEMAND."
-    )
+    system: NodeGroup = Field(description="Runs system addons, the scheduler, serving and jobs; must be ON_DEMAND.")
     dask: NodeGroup = Field(description="Runs Dask workers only (labelled and tainted); SPOT is fine.")
 
     @field_validator("system")
     @classmethod
     def _system_on_demand(cls, value: NodeGroup) -> NodeGroup:
         if value.capacity_type != "ON_DEMAND":
-            raise ValueError(
-                f"capacityType {value.capacity_type!r} not allowed: the system group must be ON_DEMAND"
-            )
+            raise ValueError(f"capacityType {value.capacity_type!r} not allowed: the system group must be ON_DEMAND")
         return value
 
 
@@ -389,8 +379,8 @@ class Network(_Model):
     nat_gateways: Literal["single", "perAz"] = Field(
         description="`single` (cheap, one AZ's NAT is a shared egress point) or `perAz` (resilient)."
     )
-    interface_endpoints: list[Literal["ecr.api", "ecr.dkr", "sts", "logs", "ec2", "elasticloadbalancing"]] = (
-        Field(default_factory=list, description="Interface VPC endpoints to create (private AWS API access).")
+    interface_endpoints: list[Literal["ecr.api", "ecr.dkr", "sts", "logs", "ec2", "elasticloadbalancing"]] = Field(
+        default_factory=list, description="Interface VPC endpoints to create (private AWS API access)."
     )
 
     @field_validator("cidr")
@@ -446,12 +436,8 @@ class Ecr(_Model):
     repository_name: str = Field(
         default=PROJECT, pattern=r"^[a-z0-9][a-z0-9._/-]{1,255}$", description="Repository name."
     )
-    untagged_expiry_days: int = Field(
-        default=7, ge=1, le=365, description="Expire untagged images after this."
-    )
-    force_delete: bool = Field(
-        default=False, description="Let `pulumi destroy` delete a repository with images."
-    )
+    untagged_expiry_days: int = Field(default=7, ge=1, le=365, description="Expire untagged images after this.")
+    force_delete: bool = Field(default=False, description="Let `pulumi destroy` delete a repository with images.")
 
 
 def _empty_to_none(value: Any) -> Any:
@@ -636,9 +622,7 @@ def parse_config(
     if aws_region and parsed.network is not None:
         for zone in parsed.network.availability_zones:
             if not zone.startswith(aws_region):
-                problems.append(
-                    f"{NAMESPACE}network.availabilityZones: got {zone!r}; not in aws:region {aws_region!r}"
-                )
+                problems.append(f"{NAMESPACE}network.availabilityZones: got {zone!r}; not in aws:region {aws_region!r}")
     if parsed.is_eks and not aws_region:
         problems.append("aws:region: required key is missing (eks mode creates AWS resources)")
     if problems:
@@ -659,9 +643,7 @@ def load_from_pulumi() -> StackConfig:
     raw: dict[str, Any] = dict(runtime_config.get_config_env())
     raw.update(runtime_config.CONFIG.get())
     secret_keys = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
-    return parse_config(
-        raw, secret_keys=secret_keys, stack=pulumi.get_stack(), aws_region=raw.get("aws:region")
-    )
+    return parse_config(raw, secret_keys=secret_keys, stack=pulumi.get_stack(), aws_region=raw.get("aws:region"))
 
 
 # --------------------------------------------------------------------------- documentation

@@ -28,9 +28,7 @@ def image_reference(registry: str, digest: str) -> str:
         tag or digest, or a malformed digest.
     """
     if "@" in registry:
-        raise ImageReferenceError(
-            f"registry {registry!r} already contains a digest; give the repository URL only"
-        )
+        raise ImageReferenceError(f"registry {registry!r} already contains a digest; give the repository URL only")
     if not _REPO_RE.match(registry):
         last = registry.rsplit("/", 1)[-1]
         if ":" in last:
@@ -38,9 +36,7 @@ def image_reference(registry: str, digest: str) -> str:
                 f"registry {registry!r} carries a tag ({last.split(':', 1)[1]!r}); tags are refused, "
                 "give the repository URL and pin the image by digest"
             )
-        raise ImageReferenceError(
-            f"registry {registry!r} is not a repository URL like 'host[:port]/path/name'"
-        )
+        raise ImageReferenceError(f"registry {registry!r} is not a repository URL like 'host[:port]/path/name'")
     if not _DIGEST_RE.match(digest):
         hint = (
             " (that looks like a tag; tags are refused, use the image digest printed by the build)"

@@ -99,9 +99,7 @@ class PlatformMocks(Mocks):
             rid = bucket
             state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
         elif typ == "aws:ecr/repository:Repository":
-            state["repositoryUrl"] = (
-                f"{MOCK_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{inputs.get('name', name)}"
-            )
+            state["repositoryUrl"] = f"{MOCK_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{inputs.get('name', name)}"
         elif typ == "aws:eks/cluster:Cluster":
             state["endpoint"] = f"https://{inputs.get('name', name)}.gr7.{region}.eks.amazonaws.com"
             state["certificateAuthority"] = {"data": "TU9DSy1DQQ=="}
@@ -223,10 +221,7 @@ def run_program(
             if request.urn.endswith(f"::pulumi:pulumi:Stack::{project}-{stack}"):
                 raw = json.loads(json.dumps(_struct_to_python(request.outputs)))
                 for key, value in raw.items():
-                    if (
-                        isinstance(value, dict)
-                        and value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270"
-                    ):
+                    if isinstance(value, dict) and value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270":
                         secret_outputs.add(key)
                         value = value.get("value")
                     outputs[key] = value

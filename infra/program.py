@@ -89,9 +89,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
 
 def _build_existing(cfg: StackConfig) -> Platform:
     assert cfg.registry is not None and cfg.storage.bucket_name is not None  # config validation
-    kubeconfig = (
-        pulumi.Output.secret(cfg.kubeconfig.get_secret_value()) if cfg.kubeconfig is not None else None
-    )
+    kubeconfig = pulumi.Output.secret(cfg.kubeconfig.get_secret_value()) if cfg.kubeconfig is not None else None
     provider = k8s.Provider("existing", kubeconfig=kubeconfig, context=cfg.cluster.context)
     return Platform(
         config=cfg,

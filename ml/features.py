@@ -55,9 +55,7 @@ def log_cost(values: pd.DataFrame | np.ndarray) -> np.ndarray:
     return np.hstack([np.log1p(np.where(missing, 0.0, np.clip(cost, 0, None))), missing.astype("float64")])
 
 
-def build_preprocessor(
-    *, char_ngram_max: int = 5, word_ngram_max: int = 2, min_df: int = 1
-) -> ColumnTransformer:
+def build_preprocessor(*, char_ngram_max: int = 5, word_ngram_max: int = 2, min_df: int = 1) -> ColumnTransformer:
     """The column transformer shared by training and serving (it is part of the pickled model)."""
     description = make_pipeline(
         FunctionTransformer(normalise_column, feature_names_out="one-to-one"),

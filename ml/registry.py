@@ -166,9 +166,7 @@ class ModelRegistry:
         try:
             raw = self._read(self._path(version, METADATA))
         except FileNotFoundError as exc:
-            raise NotFoundError(
-                f"model '{self.name}' has no complete version {version!r} in {self.store}"
-            ) from exc
+            raise NotFoundError(f"model '{self.name}' has no complete version {version!r} in {self.store}") from exc
         try:
             data: dict[str, Any] = json.loads(raw)
         except json.JSONDecodeError as exc:

@@ -128,9 +128,7 @@ def validate(frame: pd.DataFrame, *, labeled: bool) -> ValidationReport:
     return report
 
 
-def clean(
-    frame: pd.DataFrame, *, labeled: bool, max_bad_share: float
-) -> tuple[pd.DataFrame, ValidationReport]:
+def clean(frame: pd.DataFrame, *, labeled: bool, max_bad_share: float) -> tuple[pd.DataFrame, ValidationReport]:
     """Validate, refuse when too much is bad, and return the good rows with the report.
 
     The report goes with the result so every caller prints or stores it: excluded rows are always

@@ -369,9 +369,7 @@ RESOURCE_RULES: tuple[RuleSpec, ...] = (
              eks_control_plane_logs),
 )  # fmt: skip
 STACK_RULE_NAME = "s3-bucket-encrypted-and-blocked"
-STACK_RULE_DESCRIPTION = (
-    "Every S3 bucket has a server-side encryption configuration and a public access block."
-)
+STACK_RULE_DESCRIPTION = "Every S3 bucket has a server-side encryption configuration and a public access block."
 
 
 def check_resource(resource_type: str, props: Props) -> dict[str, list[str]]:

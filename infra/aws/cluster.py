@@ -86,9 +86,7 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> d
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}
-        ],
+        "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
         "users": [
             {
                 "name": cluster_name,
@@ -116,12 +114,8 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> d
     }
 
 
-def _role(
-    name: str, trust: dict[str, Any], policies: tuple[str, ...], parent: pulumi.Resource
-) -> aws.iam.Role:
-    role = aws.iam.Role(
-        name, assume_role_policy=json.dumps(trust), opts=pulumi.ResourceOptions(parent=parent)
-    )
+def _role(name: str, trust: dict[str, Any], policies: tuple[str, ...], parent: pulumi.Resource) -> aws.iam.Role:
+    role = aws.iam.Role(name, assume_role_policy=json.dumps(trust), opts=pulumi.ResourceOptions(parent=parent))
     for i, arn in enumerate(policies):
         aws.iam.RolePolicyAttachment(
             f"{name}-{i}", role=role.name, policy_arn=arn, opts=pulumi.ResourceOptions(parent=parent)
@@ -267,9 +261,9 @@ class Cluster(pulumi.ComponentResource):
                 )
             )
 
-        config_json = pulumi.Output.all(
-            cluster.name, cluster.endpoint, cluster.certificate_authority.data
-        ).apply(lambda args: json.dumps(kubeconfig(args[0], args[1], args[2] or "", region)))
+        config_json = pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
+            lambda args: json.dumps(kubeconfig(args[0], args[1], args[2] or "", region))
+        )
         self.kubeconfig = pulumi.Output.secret(config_json)
         self.provider = k8s.Provider(
             f"{name}-k8s",

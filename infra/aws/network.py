@@ -48,8 +48,7 @@ def subnet_layout(cidr: str, zones: list[str], cluster_name: str) -> list[Subnet
                 availability_zone=zone,
                 cidr=str(eighths[i]),
                 public=False,
-                tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1"}
-                | cluster_tag,
+                tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1"} | cluster_tag,
             )
         )
         specs.append(
@@ -189,9 +188,7 @@ class Network(pulumi.ComponentResource):
                 vpc_id=vpc.id,
                 description="HTTPS from inside the VPC to AWS interface endpoints",
                 ingress=[
-                    aws.ec2.SecurityGroupIngressArgs(
-                        protocol="tcp", from_port=443, to_port=443, cidr_blocks=[cfg.cidr]
-                    )
+                    aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[cfg.cidr])
                 ],
                 tags={"Name": f"{cluster_name}-endpoints"},
                 opts=child,

@@ -124,9 +124,7 @@ def bucket_access_policy(bucket_arn: str, kms_key_arn: str, access: BucketAccess
     kms_actions = ["kms:Decrypt"]
     if access.write:
         kms_actions.append("kms:GenerateDataKey")
-    statements.append(
-        {"Sid": "UseBucketKey", "Effect": "Allow", "Action": kms_actions, "Resource": [kms_key_arn]}
-    )
+    statements.append({"Sid": "UseBucketKey", "Effect": "Allow", "Action": kms_actions, "Resource": [kms_key_arn]})
     return {"Version": VERSION, "Statement": statements}
 
 
@@ -173,9 +171,7 @@ def least_privilege_violations(policy: Policy) -> list[str]:
     return problems
 
 
-WRITE_ACTIONS = frozenset(
-    {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload"}
-)
+WRITE_ACTIONS = frozenset({"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload"})
 
 
 def write_actions(policy: Policy) -> set[str]:
@@ -183,7 +179,5 @@ def write_actions(policy: Policy) -> set[str]:
     found: set[str] = set()
     for st in policy.get("Statement", []):
         if st.get("Effect") == "Allow":
-            found |= {
-                a for a in _as_list(st.get("Action", [])) if a in WRITE_ACTIONS or a.startswith("s3:Put")
-            }
+            found |= {a for a in _as_list(st.get("Action", [])) if a in WRITE_ACTIONS or a.startswith("s3:Put")}
     return found

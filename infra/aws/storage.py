@@ -47,14 +47,10 @@ def _rule_args(rule: dict[str, Any]) -> aws.s3.BucketLifecycleConfigurationRuleA
         status=rule["status"],
         filter=s3.BucketLifecycleConfigurationRuleFilterArgs(**rule["filter"]),
         expiration=(
-            s3.BucketLifecycleConfigurationRuleExpirationArgs(**rule["expiration"])
-            if "expiration" in rule
-            else None
+            s3.BucketLifecycleConfigurationRuleExpirationArgs(**rule["expiration"]) if "expiration" in rule else None
         ),
         noncurrent_version_expiration=(
-            s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
-                **rule["noncurrent_version_expiration"]
-            )
+            s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(**rule["noncurrent_version_expiration"])
             if "noncurrent_version_expiration" in rule
             else None
         ),

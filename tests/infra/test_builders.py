@@ -61,10 +61,7 @@ def test_subnet_layout_disjoint_inside_vpc(cidr: str, zones: list[str]) -> None:
         assert len(private) == len(public) == 1
         assert private[0].tags["kubernetes.io/role/internal-elb"] == "1"
         assert public[0].tags["kubernetes.io/role/elb"] == "1"
-        assert (
-            ipaddress.ip_network(private[0].cidr).num_addresses
-            > ipaddress.ip_network(public[0].cidr).num_addresses
-        )
+        assert ipaddress.ip_network(private[0].cidr).num_addresses > ipaddress.ip_network(public[0].cidr).num_addresses
 
 
 def test_subnet_layout_is_stable() -> None:
@@ -81,9 +78,7 @@ def test_nat_placement() -> None:
 
 def test_node_groups_dask_is_labelled_and_tainted() -> None:
     ng = NodeGroup(instance_types=["m5.large"], capacity_type="SPOT", min_size=0, max_size=3, desired_size=1)
-    sysng = NodeGroup(
-        instance_types=["t3.large"], capacity_type="ON_DEMAND", min_size=1, max_size=2, desired_size=1
-    )
+    sysng = NodeGroup(instance_types=["t3.large"], capacity_type="ON_DEMAND", min_size=1, max_size=2, desired_size=1)
     system, dask = node_group_specs(sysng, ng)
     assert system.taints == [] and system.capacity_type == "ON_DEMAND"
     assert dask.labels == {DASK_NODE_LABEL_KEY: "dask"}
@@ -107,9 +102,7 @@ def test_ecr_lifecycle_expires_only_untagged() -> None:
 
 
 def test_bucket_lifecycle_expires_training_only() -> None:
-    rules = lifecycle_rules(
-        Storage(training_snapshot_expiration_days=14, noncurrent_version_expiration_days=5)
-    )
+    rules = lifecycle_rules(Storage(training_snapshot_expiration_days=14, noncurrent_version_expiration_days=5))
     expiring = [r for r in rules if "expiration" in r]
     assert [r["filter"]["prefix"] for r in expiring] == ["training/"]
     assert expiring[0]["expiration"]["days"] == 14

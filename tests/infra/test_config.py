@@ -225,9 +225,7 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "message"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
-)
+@pytest.mark.parametrize(("path", "value", "message"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_is_refused_with_key_value_and_rule(
     dev: dict[str, Any], path: str, value: Any, message: str
 ) -> None:
@@ -283,9 +281,7 @@ def test_cpu_quantities(text: str, millis: int) -> None:
     assert cpu_millicores(text) == millis
 
 
-@pytest.mark.parametrize(
-    ("text", "size"), [("512Mi", 512 * 2**20), ("2Gi", 2 * 2**30), ("1G", 10**9), ("1024", 1024)]
-)
+@pytest.mark.parametrize(("text", "size"), [("512Mi", 512 * 2**20), ("2Gi", 2 * 2**30), ("1G", 10**9), ("1024", 1024)])
 def test_memory_quantities(text: str, size: int) -> None:
     assert memory_bytes(text) == size
 

@@ -111,9 +111,7 @@ def test_every_emitted_policy_is_least_privilege(stack: str) -> None:
 @pytest.mark.parametrize("stack", AWS_STACKS)
 def test_emitted_serving_policy_cannot_write(stack: str) -> None:
     run = cached_run(stack)
-    serving = [
-        r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "identities-serving-bucket"
-    ]
+    serving = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "identities-serving-bucket"]
     assert len(serving) == 1
     assert write_actions(json.loads(serving[0].inputs["policy"])) == set()
 

@@ -344,17 +344,13 @@ def test_stack_policy_links_companions_by_dependency() -> None:
         return PolicyResource(type_, props, urn, urn, _opts(), None, None, deps, {})
 
     bucket = resource(BUCKET, "urn:bucket", [])
-    bucket_props_free = PolicyResource(
-        BUCKET, unknown_checking_proxy({}), "urn:b2", "b2", _opts(), None, None, [], {}
-    )
+    bucket_props_free = PolicyResource(BUCKET, unknown_checking_proxy({}), "urn:b2", "b2", _opts(), None, None, [], {})
     sse = resource(SSE, "urn:sse", [bucket])
     pab = resource(PAB, "urn:pab", [bucket])
     policy = _by_name()[rules.STACK_RULE_NAME]
 
     reported: list[tuple[str, str | None]] = []
-    policy.validate(
-        StackValidationArgs([bucket, sse, pab]), lambda msg, urn=None: reported.append((msg, urn))
-    )
+    policy.validate(StackValidationArgs([bucket, sse, pab]), lambda msg, urn=None: reported.append((msg, urn)))
     assert reported == []
     policy.validate(
         StackValidationArgs([bucket, bucket_props_free, sse, pab]),

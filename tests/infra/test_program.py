@@ -125,9 +125,7 @@ def test_network_per_env(stack: str, zones: int, nats: int, endpoints: set[str])
     ("stack", "public", "cidrs"),
     [("dev", True, ["203.0.113.0/24"]), ("staging", False, None), ("prod", False, None)],
 )
-def test_cluster_endpoint_exposure_encryption_and_logs(
-    stack: str, public: bool, cidrs: list[str] | None
-) -> None:
+def test_cluster_endpoint_exposure_encryption_and_logs(stack: str, public: bool, cidrs: list[str] | None) -> None:
     cluster = one(cached_run(stack), "aws:eks/cluster:Cluster")
     vpc = cluster.inputs["vpcConfig"]
     assert vpc["endpointPrivateAccess"] is True
@@ -194,16 +192,12 @@ def test_bucket_is_private_encrypted_versioned_tls_only(stack: str, days: int) -
     run = cached_run(stack)
     block = one(run, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
     assert all(
-        block[k] is True
-        for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+        block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
     )
     assert one(run, "aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs["rule"] == {
         "objectOwnership": "BucketOwnerEnforced"
     }
-    assert (
-        one(run, "aws:s3/bucketVersioning:BucketVersioning").inputs["versioningConfiguration"]["status"]
-        == "Enabled"
-    )
+    assert one(run, "aws:s3/bucketVersioning:BucketVersioning").inputs["versioningConfiguration"]["status"] == "Enabled"
     sse = one(run, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
     default = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]
     assert default["sseAlgorithm"] == "aws:kms" and default["kmsMasterKeyId"].startswith("arn:aws:kms:")
@@ -224,9 +218,7 @@ def test_encryption_on_everything_that_stores_data(stack: str) -> None:
     assert len(keys) == 2 and all(k.inputs["enableKeyRotation"] is True for k in keys)
     assert one(run, "aws:eks/cluster:Cluster").inputs["encryptionConfig"]
     assert one(run, "aws:ecr/repository:Repository").inputs["encryptionConfigurations"]
-    assert run.of_type(
-        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
-    )
+    assert run.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -288,9 +280,7 @@ def test_fresh_stack_without_digest_warns_and_skips(stack: str) -> None:
     run = cached_run(stack, with_digest=False)
     assert "imageReference" not in run.outputs or run.outputs["imageReference"] is None
     assert any("imageDigest is not set" in w and "skipped" in w for w in run.warnings)
-    assert not any(
-        r.type.startswith("kubernetes:") and not r.type.startswith("pulumi:") for r in run.resources
-    )
+    assert not any(r.type.startswith("kubernetes:") and not r.type.startswith("pulumi:") for r in run.resources)
 
 
 def test_existing_cluster_declares_no_aws() -> None:
@@ -306,7 +296,5 @@ def test_existing_cluster_declares_no_aws() -> None:
 
 
 def test_existing_cluster_kubeconfig_secret_is_kept_secret() -> None:
-    run = run_stack(
-        "local", secrets={"databaseUrl": "sqlite:///x.db", "kubeconfig": "apiVersion: v1\nkind: Config\n"}
-    )
+    run = run_stack("local", secrets={"databaseUrl": "sqlite:///x.db", "kubeconfig": "apiVersion: v1\nkind: Config\n"})
     assert "kubeconfig" in run.secret_outputs

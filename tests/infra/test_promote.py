@@ -113,9 +113,7 @@ def test_refuses_when_source_stack_missing(stacks: Path) -> None:
         promote("qa", "staging", stacks)
 
 
-@pytest.mark.parametrize(
-    "bad", ["latest", "v1.2.3", "sha256:abc", "sha256:" + "G" * 64, "sha256:" + "AB" * 32]
-)
+@pytest.mark.parametrize("bad", ["latest", "v1.2.3", "sha256:abc", "sha256:" + "G" * 64, "sha256:" + "AB" * 32])
 def test_refuses_tags_and_malformed_digests(stacks: Path, bad: str) -> None:
     with pytest.raises(PromotionError, match="is not 'sha256:<64 lowercase hex>'"):
         set_digest("dev", bad, stacks)
@@ -135,9 +133,7 @@ def test_refuses_same_stack_and_path_like_names(stacks: Path) -> None:
 
 def test_target_without_the_key_gets_it_after_environment(stacks: Path) -> None:
     path = stacks / "Pulumi.staging.yaml"
-    path.write_text(
-        "\n".join(line for line in path.read_text().splitlines() if DIGEST_KEY not in line) + "\n"
-    )
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if DIGEST_KEY not in line) + "\n")
     set_digest("staging", DIGEST_B, stacks)
     keys = list(yaml.safe_load(path.read_text())["config"])
     assert keys[keys.index("purchase-classifier:environment") + 1] == DIGEST_KEY
