@@ -15,6 +15,7 @@ S3: the moto server fixtures ``s3_endpoint`` / ``s3_bucket_url`` live in ``tests
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -94,10 +95,9 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     try:
         yield PostgresServer("127.0.0.1", port)
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
+        shutil.copy(pgdata / "server.log", pgdata.parent / "server.log")
         shutil.rmtree(pgdata, ignore_errors=True)
 
 
