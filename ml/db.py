@@ -105,6 +105,9 @@ def create_db_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 60}
+        # No pooled connections: opening a SQLite file is cheap, and a pooled one would keep reading
+        # a file that was replaced meanwhile (a re-run demo, a test) from a long-lived Dask worker.
+        kwargs["poolclass"] = sa.NullPool
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
