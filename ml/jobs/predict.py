@@ -82,6 +82,7 @@ _RESULT_META = pd.DataFrame(
         "predicted": pd.Series(dtype="int64"),
         "flagged": pd.Series(dtype="int64"),
         "invalid": pd.Series(dtype="int64"),
+        "write_seconds": pd.Series(dtype="float64"),
         "bad": pd.Series(dtype="object"),  # JSON {reason: [count, [ids...]]}
         "categories": pd.Series(dtype="object"),  # JSON {category: count}
     }
@@ -114,6 +115,8 @@ class PredictSummary:
     invalid: int = 0
     partitions: int = 0
     seconds: float = 0.0
+    #: Time spent in database writes, summed over partitions (they overlap across workers).
+    write_seconds: float = 0.0
     total_purchases: int = 0
     bad: dict[str, list[Any]] = field(default_factory=dict)  # reason -> [count, sample ids]
     categories: dict[str, int] = field(default_factory=dict)
@@ -191,6 +194,7 @@ def predict_and_write(
     bad = {reason: [len(ids), ids[:SHOWN_IDS]] for reason, ids in report.bad.items()}
     categories: Counter[str] = Counter()
     flagged = 0
+    write_seconds = 0.0
     if len(good):
         result = predict(pipeline, good, top_k=TOP_K)
         review = result.needs_review(review_threshold)
@@ -210,7 +214,9 @@ def predict_and_write(
                 "predicted_at": now,
             }
         )
+        clock = time.perf_counter()
         write_predictions(database_url, model_version, rows, write_chunk_rows)
+        write_seconds = time.perf_counter() - clock
     return pd.DataFrame(
         {
             "first_row_id": [first],
@@ -218,6 +224,7 @@ def predict_and_write(
             "predicted": [len(good)],
             "flagged": [flagged],
             "invalid": [report.n_bad],
+            "write_seconds": [write_seconds],
             "bad": [json.dumps(bad)],
             "categories": [json.dumps(dict(categories))],
         }
@@ -365,6 +372,7 @@ def _add_results(summary: PredictSummary, results: pd.DataFrame) -> None:
     summary.predicted += int(results["predicted"].sum())
     summary.flagged += int(results["flagged"].sum())
     summary.invalid += int(results["invalid"].sum())
+    summary.write_seconds += float(results["write_seconds"].sum())
     for encoded_categories, encoded_bad in zip(results["categories"], results["bad"], strict=True):
         categories.update(json.loads(str(encoded_categories)))
         for reason, (count, ids) in json.loads(str(encoded_bad)).items():

@@ -1,7 +1,8 @@
 """``python -m ml train``: validate, search hyper-parameters on Dask, fit, gate and register.
 
-The search (grid × cross-validation folds) and the final fit run on Dask workers: the client is
-the CronJob's small pod or a laptop, the heavy lifting goes where the cores are. Cross-validation
+The search (grid × cross-validation folds) and the final fit's SVMs (the model and its calibration
+folds) run on Dask workers: the client is the CronJob's small pod or a laptop, the heavy lifting goes
+where the cores are, and a task lost with a worker is recomputed on another. Cross-validation
 folds are grouped by normalised description, like the validation split, so no score is inflated
 by the same text on both sides.
 """
@@ -126,9 +127,8 @@ def train(
                 with step(f"searching {_n_candidates()} candidates × {folds} folds on Dask"):
                     params, search_results = search(client, train_frame, folds)
                 console.print(f"best parameters: {params}")
-            with step("fitting the final calibrated model on Dask"):
-                # one Dask task: a lost worker means a retry elsewhere, not a lost run
-                pipeline = client.submit(fit_model, train_frame, params, pure=False).result()
+            with step("fitting the final calibrated model on Dask"), joblib.parallel_backend("dask", client=client):  # type: ignore[arg-type]
+                pipeline = fit_model(train_frame, params, n_jobs=-1)
     except (OSError, TimeoutError) as exc:
         raise InfrastructureError(f"Dask failed during training: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:

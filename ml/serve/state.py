@@ -48,14 +48,15 @@ class ModelState:
 
     def describe(self) -> dict[str, Any]:
         """Metadata for ``/v1/model``: the registry's metadata plus where the process runs."""
-        if self.current is None:
+        model = self.current  # one read: a swap in between must not mix two versions
+        if model is None:
             return {}
         return {
-            **self.current.metadata,
-            "version": self.current.version,
+            **model.metadata,
+            "version": model.version,
             "name": self.settings.model_name,
-            "image_digest": self.settings.image_digest or self.current.metadata.get("image_digest"),
-            "classes": [str(c) for c in self.current.pipeline.classes_],
+            "image_digest": self.settings.image_digest or model.metadata.get("image_digest"),
+            "classes": [str(c) for c in model.pipeline.classes_],
         }
 
     def check_once(self) -> bool:

@@ -243,7 +243,6 @@ def encode(request: InferenceRequest, result: Result, model_name: str, version: 
         "model_name": model_name,
         "model_version": version,
         "id": request.id,
-        "parameters": {"content_type": "pd"},
         "outputs": [outputs[name] for name in wanted],
     }
 
