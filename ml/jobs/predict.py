@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ml import db, schema
 from ml.cluster import SCHEDULER_ENV, dask_client
-from ml.errors import BadInputError, InfrastructureError, NotFoundError
+from ml.errors import BadInputError, InfrastructureError, MlError, NotFoundError
 from ml.model import predict
 from ml.registry import ModelRegistry
 from ml.settings import (
@@ -354,15 +354,16 @@ def _compute(
         model = client.scatter(pipeline, broadcast=True, hash=False)
         graph = build_graph(config, ranges, dask.delayed(model), version, threshold)
         return graph.compute(), time.perf_counter() - clock
-    except (InfrastructureError, BadInputError, NotFoundError):
+    except MlError:
         raise
-    except OSError as exc:  # CommClosedError and friends: the scheduler went away
-        raise InfrastructureError(f"lost the Dask scheduler during predict: {exc}") from exc
-    except Exception as exc:  # KilledWorker etc.: Dask gave up on a partition
-        if type(exc).__name__ == "KilledWorker":
+    except (OSError, TimeoutError) as exc:  # CommClosedError and friends: the scheduler went away
+        raise InfrastructureError(f"lost the Dask scheduler during predict: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # KilledWorker (a partition's workers kept dying), FutureCancelledError, ...: Dask gave up.
+        if type(exc).__module__.startswith(("distributed", "dask")) or "Cancelled" in type(exc).__name__:
             raise InfrastructureError(
-                f"Dask workers kept dying on a partition ({exc}); predictions written so far are kept, "
-                "re-run to finish the rest"
+                f"Dask failed during predict ({type(exc).__name__}: {exc}); predictions written so far "
+                "are kept, re-run to finish the rest"
             ) from exc
         raise
 
