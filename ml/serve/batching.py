@@ -4,9 +4,11 @@ One call of the pipeline costs several milliseconds whatever its row count, so e
 call cost little more than one. Requests queue here; a single worker takes everything queued (up to
 ``max_batch_records``) and runs it in one thread-pool call while the event loop keeps accepting.
 
-The window: when recent batches held several requests, the worker waits up to ``batch_window_ms``
-for as many to gather (clients that just got answers are about to send again). A lone client's
-batches hold one request, so it never waits.
+The window: the worker remembers how many requests were recently in the system at once (queued or
+being predicted) and, while fewer are queued, waits up to ``batch_window_ms`` for the rest: clients
+that just got answers are about to send again. Without it, concurrent clients split into groups that
+take turns, each waiting for the other's model call. A lone client is alone in the system, so it
+never waits.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ class MicroBatcher:
         self.metrics = metrics
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
+        #: Peak number of requests in the system (queued or in a model call) per recent batch.
         self._recent: deque[int] = deque([1], maxlen=_HISTORY)
+        self._in_system = 0
+        self._peak = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task[None] | None = None
 
@@ -66,8 +71,13 @@ class MicroBatcher:
         """Predict ``columns`` with ``model`` (the version the request started with)."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(model, columns, future))
+        self._in_system += 1
+        self._peak = max(self._peak, self._in_system)
         self._wakeup.set()
-        return await future
+        try:
+            return await future
+        finally:
+            self._in_system -= 1
 
     async def _next_batch(self) -> list[_Item]:
         while not self._queue:
@@ -98,7 +108,8 @@ class MicroBatcher:
             batch = [item for item in batch if not item.future.done()]  # clients that went away
             if not batch:
                 continue
-            self._recent.append(len(batch))
+            self._recent.append(max(self._peak, len(batch)))
+            self._peak = self._in_system
             outcomes = await loop.run_in_executor(self._executor, self._predict, batch)
             for item, outcome in zip(batch, outcomes, strict=True):
                 if item.future.done():
