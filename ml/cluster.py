@@ -98,7 +98,7 @@ def dask_client(
             client.wait_for_workers(wait_for_workers, timeout=timeout)
         except TimeoutError as exc:
             raise InfrastructureError(
-                f"Dask scheduler {client.scheduler.address} has no workers after {timeout:.0f}s"
+                f"Dask scheduler {address or '(local)'} has no workers after {timeout:.0f}s"
             ) from exc
         check_versions(client)
         yield client

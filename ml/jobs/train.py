@@ -69,7 +69,7 @@ def search(client: Client, frame: pd.DataFrame, folds: int) -> tuple[dict[str, A
         refit=False,
         error_score="raise",
     )
-    with joblib.parallel_backend("dask", client=client):  # type: ignore[arg-type]
+    with joblib.parallel_backend("dask", client=client):
         grid.fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY], groups=groups)
     results = [
         {"params": params, "mean_macro_f1": float(mean), "std_macro_f1": float(std)}
@@ -127,7 +127,7 @@ def train(
                 with step(f"searching {_n_candidates()} candidates × {folds} folds on Dask"):
                     params, search_results = search(client, train_frame, folds)
                 console.print(f"best parameters: {params}")
-            with step("fitting the final calibrated model on Dask"), joblib.parallel_backend("dask", client=client):  # type: ignore[arg-type]
+            with step("fitting the final calibrated model on Dask"), joblib.parallel_backend("dask", client=client):
                 pipeline = fit_model(train_frame, params, n_jobs=-1)
     except (OSError, TimeoutError) as exc:
         raise InfrastructureError(f"Dask failed during training: {type(exc).__name__}: {exc}") from exc
@@ -141,9 +141,10 @@ def train(
         scores = metrics(validation[schema.CATEGORY].to_numpy(), predicted)
     console.print(f"validation accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}")
 
+    json_params = {key: _jsonable(value) for key, value in params.items()}
     model_metadata = {
         "metrics": scores,
-        "params": {key: _jsonable(value) for key, value in params.items()},
+        "params": json_params,
         "search": [{**r, "params": {k: _jsonable(v) for k, v in r["params"].items()}} for r in search_results],
         "data": {
             "source": source,
@@ -162,14 +163,13 @@ def train(
     with step("storing the model"):
         version = registry.save(pipeline, model_metadata)
     decision = registry.gate(scores, gate_tolerance)
-    result = TrainResult(version, decision.promoted, decision.reason, scores, model_metadata["params"])
     if not decision.promoted:
         raise GateRejectedError(
             f"model {name}/{version} stored but not promoted: {decision.reason}; LATEST stays {baseline_latest}"
         )
     registry.promote(version)
     console.print(f"[green]LATEST[/] -> {version} ({decision.reason})")
-    return result
+    return TrainResult(version, decision.promoted, decision.reason, scores, json_params)
 
 
 def _n_candidates() -> int:

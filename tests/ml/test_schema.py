@@ -56,7 +56,7 @@ def test_clean_refuses_when_bad_share_exceeds_limit_and_never_drops_silently() -
 
 
 def test_missing_required_column_names_it() -> None:
-    with pytest.raises(BadInputError, match="missing required column.*description"):
+    with pytest.raises(BadInputError, match=r"missing required column.*description"):
         schema.validate(raw().drop(columns="description"), labeled=True)
 
 
