@@ -16,6 +16,7 @@ is started fresh for every size, so the workers' figure is that size's predictio
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -33,7 +34,16 @@ from ml.model import predict
 
 
 def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process image's peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries that across exec, so a
+    worker spawned by a big client would report the client's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def predict_counts(frame: pd.DataFrame, pipeline: Any) -> pd.DataFrame:
@@ -109,6 +119,10 @@ def main() -> None:
 
     dask_rate, single_rate = big_rows / dask_seconds, len(frame) / single_seconds
     print()
+    print(
+        f"load average (1/5/15 min) at the end: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} "
+        f"{os.getloadavg()[2]:.1f} on {os.cpu_count()} cores"
+    )
     print(
         f"throughput: dask {dask_rate:,.0f} rows/s vs single process {single_rate:,.0f} rows/s "
         f"= {dask_rate / single_rate:.2f}x (target >= 1.6x on 2 cores)"
