@@ -7,7 +7,8 @@ Everything is measured side by side in one run, on the shipped data's own hash s
 
 1. the baseline — TF-IDF character 2–5-grams on the description, one-hot department, log cost,
    ``LinearSVC(C=0.5)`` — one fit;
-2. this project's final model (``ml.model.fit_model``: calibrated, with the default parameters);
+2. this project's final model (``ml.model.fit_model``: calibrated, default parameters), in one
+   process and on a 2-worker Dask cluster the way ``ml train`` fits it;
 3. the hyper-parameter search (``ml.model.PARAM_GRID`` × grouped 3-fold CV) with ``n_jobs=1``
    against the same search on a 2-worker local Dask cluster through joblib's Dask backend.
 """
@@ -95,29 +96,33 @@ def main() -> None:
     mask = is_validation(frame[schema.DESCRIPTION])
     train, validation = frame[~mask], frame[mask]
     print(f"train {len(train)} rows, validation {len(validation)} rows (unseen descriptions)")
-    rows = [
-        scored(
-            "baseline: char 2-5 TF-IDF + LinearSVC(C=0.5)", lambda: baseline().fit(train, train.category), validation
-        ),
-        scored("this project: final calibrated fit", lambda: fit_model(train), validation),
-    ]
-    table = pd.DataFrame(rows)
-    print(table.to_string(index=False))
-    print(
-        f"macro-F1 gain {rows[1]['macro_f1'] - rows[0]['macro_f1']:+.4f}, "
-        f"accuracy gain {rows[1]['accuracy'] - rows[0]['accuracy']:+.4f}, "
-        f"fit time ratio {rows[1]['fit_s'] / rows[0]['fit_s']:.2f} (project / baseline)"
-    )
-    if args.skip_search:
-        return
-    sample = train.sample(min(args.search_rows, len(train)), random_state=0)
-    n_fits = int(np.prod([len(v) for v in PARAM_GRID.values()])) * 3
-    print(f"search: {n_fits} fits on {len(sample)} rows")
-    serial, best = search_seconds(sample, None)
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
+
+        def on_dask() -> Pipeline:
+            with joblib.parallel_backend("dask", client=client):
+                return fit_model(train, n_jobs=-1)
+
+        rows = [
+            scored("baseline, one process", lambda: baseline().fit(train, train.category), validation),
+            scored("project final fit, one process", lambda: fit_model(train), validation),
+            scored("project final fit, 2-worker Dask (as ml train)", on_dask, validation),
+        ]
+        print(pd.DataFrame(rows).to_string(index=False))
+        base, project, dask = rows
+        print(
+            f"macro-F1 gain {project['macro_f1'] - base['macro_f1']:+.4f}, "
+            f"accuracy gain {project['accuracy'] - base['accuracy']:+.4f}; fit time / baseline: "
+            f"{project['fit_s'] / base['fit_s']:.2f} one process, {dask['fit_s'] / base['fit_s']:.2f} on Dask"
+        )
+        if args.skip_search:
+            return
+        sample = train.sample(min(args.search_rows, len(train)), random_state=0)
+        n_fits = int(np.prod([len(v) for v in PARAM_GRID.values()])) * 3
+        print(f"search: {n_fits} fits on {len(sample)} rows")
+        serial, best = search_seconds(sample, None)
         parallel, best_dask = search_seconds(sample, client)
     print(f"n_jobs=1: {serial:.1f}s  2-worker Dask: {parallel:.1f}s  speed-up {serial / parallel:.2f}x")
     print(f"best parameters (both runs agree: {best == best_dask}): {best}")

@@ -1,12 +1,18 @@
-"""A linear SVM whose scores become probabilities by temperature scaling.
+"""A linear SVM whose scores become probabilities by temperature scaling, fitted in parallel.
 
 scikit-learn's ``CalibratedClassifierCV`` refuses categories with fewer examples than folds and,
 given explicit folds, fills the scores of categories a fold never saw with the smallest float,
 which overflows temperature scaling. Purchase data has many single-example categories, so this
-estimator does the same ``ensemble=False`` calibration with finite fills: out-of-fold scores from
-folds grouped by description, one temperature fitted on them by log-loss, applied to the SVM
+estimator does the ``ensemble=False`` calibration itself with finite fills: out-of-fold scores
+from folds grouped by description, one temperature fitted on them by log-loss, applied to the SVM
 trained on all rows. One parameter for all classes cannot overfit the rare ones and never changes
 which class wins.
+
+Speed: liblinear's one-vs-rest trains one binary problem per category, one after the other. The
+categories are split into blocks, each block's problems trained as one task (the other categories
+merged into a single "rest" label give exactly the same binary problems), so the blocks run side
+by side on joblib's backend — the Dask workers in ``ml train``. The temperature, a single number,
+is fitted on a capped sample, which keeps the calibration fits small.
 """
 
 from __future__ import annotations
@@ -20,21 +26,27 @@ from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GroupKFold
 from sklearn.svm import LinearSVC
+from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.validation import check_is_fitted
 
 #: liblinear's stopping tolerance. At 0.1 instead of its default 1e-4 the fit takes a fraction of
 #: the time and predicts the same classes on the shipped data's validation split (bench/training.py).
 SVM_TOLERANCE = 0.1
+#: Label standing for "every category outside this block" (sorts before any real category).
+_REST = "\x00rest"
 
 
-def _scores(classifier: LinearSVC, X: Any) -> np.ndarray:
-    """Decision scores as an (n, k) matrix, also for two classes."""
-    scores = classifier.decision_function(X)
-    return np.column_stack([-scores / 2, scores / 2]) if scores.ndim == 1 else scores
-
-
-def _fit_svm(svm: LinearSVC, X: Any, y: np.ndarray) -> LinearSVC | None:
-    return svm.fit(X, y) if len(np.unique(y)) > 1 else None
+def fit_one_vs_rest_block(svm: LinearSVC, X: Any, y: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and intercepts of the one-vs-rest problems of ``block``'s categories."""
+    labels = np.where(np.isin(y, block), y, _REST).astype(object)
+    svm.fit(X, labels)
+    if len(svm.classes_) == 2:  # one binary problem: coef_ scores classes_[1] against classes_[0]
+        coef = np.vstack([-svm.coef_, svm.coef_])
+        intercept = np.concatenate([-svm.intercept_, svm.intercept_])
+    else:
+        coef, intercept = svm.coef_, svm.intercept_
+    rows = np.searchsorted(svm.classes_, block)
+    return coef[rows], intercept[rows]
 
 
 def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -48,50 +60,99 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
-    """``LinearSVC`` with ``predict_proba`` from temperature scaling.
+    """One-vs-rest ``LinearSVC`` with ``predict_proba`` from temperature scaling.
 
     :param C: the SVM's regularisation (larger: fits rare categories harder).
+    :param tol: the SVM's stopping tolerance (:data:`SVM_TOLERANCE`).
     :param folds: out-of-fold folds for the temperature; ``groups`` passed to :meth:`fit` keep
         duplicates of one description inside one fold.
-    :param tol: the SVM's stopping tolerance (:data:`SVM_TOLERANCE`).
-    :param n_jobs: parallel SVM fits (joblib; ``-1`` with the Dask backend uses the cluster).
+    :param calibration_rows: the most rows the temperature is fitted on (a random sample of groups).
+    :param blocks: how many parallel tasks the categories are split into.
+    :param n_jobs: joblib workers (``-1`` with the Dask backend uses the whole cluster).
     """
 
-    def __init__(self, C: float = 0.5, folds: int = 2, tol: float = SVM_TOLERANCE, n_jobs: int | None = None) -> None:
+    def __init__(
+        self,
+        C: float = 0.5,
+        tol: float = SVM_TOLERANCE,
+        folds: int = 2,
+        calibration_rows: int = 12_000,
+        blocks: int = 2,
+        n_jobs: int | None = None,
+    ) -> None:
         self.C = C
-        self.folds = folds
         self.tol = tol
+        self.folds = folds
+        self.calibration_rows = calibration_rows
+        self.blocks = blocks
         self.n_jobs = n_jobs
 
-    def _svm(self) -> LinearSVC:
-        return LinearSVC(C=self.C, tol=self.tol)
-
     def fit(self, X: Any, y: Any, groups: Any = None) -> TemperatureScaledSVC:
-        y = np.asarray(y)
+        y = np.asarray(y, dtype=object)
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-        folds = list(GroupKFold(n_splits=self.folds).split(X, y, groups))
-        # The full fit and the fold fits are independent: under joblib's Dask backend they run on
-        # the workers side by side.
-        fitted = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fit_svm)(self._svm(), X[rows], y[rows])
-            for rows in [np.arange(len(y)), *(train for train, _ in folds)]
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least two categories to train, got {list(self.classes_)}")
+        calibration = self._calibration_rows(groups)
+        folds = [
+            (calibration[train], calibration[test])
+            for train, test in GroupKFold(n_splits=self.folds).split(calibration, groups=groups[calibration])
+        ]
+        # The full model and each fold's model, every one split into blocks: all independent tasks.
+        row_sets = [np.arange(len(y)), *(train for train, _ in folds)]
+        tasks = [(model, block) for model, rows in enumerate(row_sets) for block in self._blocks(y[rows])]
+        results = Parallel(n_jobs=self.n_jobs)(
+            delayed(fit_one_vs_rest_block)(
+                LinearSVC(C=self.C, tol=self.tol), X[row_sets[model]], y[row_sets[model]], block
+            )
+            for model, block in tasks
         )
-        self.classifier_, fold_svms = fitted[0], fitted[1:]
-        self.classes_ = self.classifier_.classes_
-        out_of_fold = np.zeros((len(y), len(self.classes_)))
-        for (_, test), fold_svm in zip(folds, fold_svms, strict=True):
-            if fold_svm is None:  # a fold with a single category has no scores to learn from
-                continue
-            fold_scores = _scores(fold_svm, X[test])
-            # a category this fold never saw scores below every seen one, finitely
-            out_of_fold[test] = fold_scores.min() - 1.0
-            out_of_fold[np.ix_(test, np.searchsorted(self.classes_, fold_svm.classes_))] = fold_scores
-        self.temperature_ = fit_temperature(out_of_fold, np.searchsorted(self.classes_, y))
+        models = [
+            self._assemble([(block, result) for (m, block), result in zip(tasks, results, strict=True) if m == model])
+            for model in range(len(row_sets))
+        ]
+        self.coef_, self.intercept_, _ = models[0]
+        scores, labels = [], []
+        for (_, test), (coef, intercept, seen) in zip(folds, models[1:], strict=True):
+            fold_scores = safe_sparse_dot(X[test], coef.T, dense_output=True) + intercept
+            # a category this fold's model never saw scores below every seen one, finitely
+            fold_scores[:, ~seen] = fold_scores[:, seen].min() - 1.0
+            scores.append(fold_scores)
+            labels.append(np.searchsorted(self.classes_, y[test]))
+        self.temperature_ = fit_temperature(np.vstack(scores), np.concatenate(labels))
         return self
+
+    def _calibration_rows(self, groups: np.ndarray) -> np.ndarray:
+        """Rows of a random sample of whole groups, at most ``calibration_rows`` of them."""
+        unique = np.random.default_rng(0).permutation(np.unique(groups))
+        sizes = np.unique(groups, return_counts=True)
+        per_group = dict(zip(sizes[0], sizes[1], strict=True))
+        kept = unique[np.cumsum([per_group[g] for g in unique]) <= self.calibration_rows]
+        return np.flatnonzero(np.isin(groups, kept))
+
+    def _blocks(self, y: np.ndarray) -> list[np.ndarray]:
+        """Categories dealt round-robin by frequency, so blocks take about equally long."""
+        present, counts = np.unique(y, return_counts=True)
+        by_size = present[np.argsort(-counts, kind="stable")]
+        n_blocks = max(1, min(self.blocks, len(present) // 2))
+        return [np.sort(by_size[i::n_blocks]) for i in range(n_blocks)]
+
+    def _assemble(
+        self, fitted: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One (n_classes, n_features) float32 matrix from a model's blocks, and which rows it has."""
+        n_features = fitted[0][1][0].shape[1]
+        coef = np.zeros((len(self.classes_), n_features), dtype=np.float32)
+        intercept = np.zeros(len(self.classes_))
+        seen = np.zeros(len(self.classes_), dtype=bool)
+        for block, (block_coef, block_intercept) in fitted:
+            rows = np.searchsorted(self.classes_, block)
+            coef[rows], intercept[rows], seen[rows] = block_coef, block_intercept, True
+        return coef, intercept, seen
 
     def decision_function(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        return _scores(self.classifier_, X)
+        return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return softmax(self.decision_function(X) / self.temperature_, axis=1)

@@ -50,3 +50,19 @@ def test_temperature_sharpens_underconfident_scores() -> None:
     scores = rng.normal(0, 0.1, (500, 3))
     scores[np.arange(500), labels] += 0.3  # always right, but with small margins
     assert fit_temperature(scores, labels) < 0.2
+
+
+def test_category_blocks_train_the_same_one_vs_rest_problems(labeled_sample: pd.DataFrame) -> None:
+    """Splitting the categories into parallel blocks must not change the model."""
+    from sklearn.svm import LinearSVC
+
+    from ml.calibration import TemperatureScaledSVC
+    from ml.features import build_preprocessor
+
+    frame = schema.coerce(labeled_sample, labeled=True)
+    X = build_preprocessor(min_df=2).fit_transform(frame)
+    y = frame["category"].to_numpy()
+    blocked = TemperatureScaledSVC(tol=1e-4, blocks=3).fit(X, y)
+    plain = LinearSVC(C=0.5, tol=1e-4).fit(X, y)
+    assert np.allclose(blocked.decision_function(X), plain.decision_function(X), atol=1e-3)
+    assert (blocked.predict(X) == plain.predict(X)).all()
