@@ -39,7 +39,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml.model import build_pipeline, predict  # noqa: E402
+from ml.model import fit_model, predict  # noqa: E402
 from ml.registry import ModelRegistry  # noqa: E402
 from ml.schema import CATEGORY, RECORD_COLUMNS, coerce, read_records  # noqa: E402
 
@@ -83,12 +83,9 @@ def load_data(path: Path) -> pd.DataFrame:
 
 def train_store(data: pd.DataFrame, store: Path) -> None:
     """Fit the default pipeline on the shared data and promote it (as the train job would)."""
-    counts = data[CATEGORY].value_counts()
-    # The calibration's 2-fold CV needs two examples per class; a handful of singletons are dropped.
-    kept = data[data[CATEGORY].isin(counts[counts >= 2].index)]
-    print(f"training on {len(kept)} rows, {kept[CATEGORY].nunique()} categories ...", flush=True)
+    print(f"training on {len(data)} rows, {data[CATEGORY].nunique()} categories ...", flush=True)
     started = time.perf_counter()
-    pipeline = build_pipeline().fit(kept, kept[CATEGORY])
+    pipeline = fit_model(data)
     print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
     registry = ModelRegistry(str(store), MODEL)
     version = registry.save(pipeline, {"metrics": {"macro_f1": 0.0}, "training_snapshot": "bench"})
