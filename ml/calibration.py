@@ -77,7 +77,7 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
         tol: float = SVM_TOLERANCE,
         folds: int = 2,
         calibration_rows: int = 12_000,
-        blocks: int = 2,
+        blocks: int = 4,
         n_jobs: int | None = None,
     ) -> None:
         self.C = C
@@ -103,7 +103,7 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
         tasks = [(model, block) for model, rows in enumerate(row_sets) for block in self._blocks(y[rows])]
         results = Parallel(n_jobs=self.n_jobs)(
             delayed(fit_one_vs_rest_block)(
-                LinearSVC(C=self.C, tol=self.tol), X[row_sets[model]], y[row_sets[model]], block
+                LinearSVC(C=self.C, tol=self.tol, random_state=0), X[row_sets[model]], y[row_sets[model]], block
             )
             for model, block in tasks
         )

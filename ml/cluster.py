@@ -85,7 +85,7 @@ def dask_client(
                 n_workers=local_workers or min(2, os.cpu_count() or 1),
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",
             )
             client = Client(cluster)
     except (OSError, TimeoutError) as exc:

@@ -25,11 +25,14 @@ from typing import Any
 
 import fsspec
 import joblib
+import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
 from ml.errors import BadInputError, InfrastructureError, IntegrityError, NotFoundError
 
 DEFAULT_MODEL_NAME = "purchase-classifier"
+#: One plausible record every loaded model must be able to score.
+_PROBE = pd.DataFrame({"description": ["PROBE RECORD"], "cost": [1.0], "contract": [""], "department": [""]})
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 LATEST = "LATEST"
@@ -204,6 +207,12 @@ class ModelRegistry:
             )
         try:
             pipeline = joblib.load(io.BytesIO(artifact))
-        except Exception as exc:  # verified bytes that don't unpickle: incompatible libraries
-            raise BadInputError(f"model {self.name}/{version} cannot be loaded: {exc}") from exc
+            # Verified bytes can still be a model this code can't run (pickled by an older version):
+            # find out here, not in a worker half-way through a batch.
+            pipeline.predict_proba(_PROBE)
+        except Exception as exc:
+            raise BadInputError(
+                f"model {self.name}/{version} cannot be used by this code "
+                f"(trained with code {metadata.get('code_version')}): {type(exc).__name__}: {exc}"
+            ) from exc
         return LoadedModel(version=version, pipeline=pipeline, metadata=metadata)

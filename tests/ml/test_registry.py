@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ml import schema
-from ml.errors import IntegrityError, NotFoundError
+from ml.errors import BadInputError, IntegrityError, NotFoundError
 from ml.model import predict
 from ml.registry import LATEST, METADATA, ModelRegistry
 
@@ -93,3 +93,11 @@ def test_versions_listed_oldest_first(tmp_path, fitted_pipeline) -> None:
     made = [registry.save(fitted_pipeline, metadata(0.1 * i)) for i in range(3)]
     assert [v["version"] for v in registry.versions()] == sorted(made)
     assert pd.Series([v["metrics"]["macro_f1"] for v in registry.versions()]).is_monotonic_increasing
+
+
+def test_model_this_code_cannot_run_is_refused_at_load(tmp_path) -> None:
+    registry = ModelRegistry(str(tmp_path / "store"))
+    version = registry.save({"not": "a pipeline"}, metadata(0.5))
+    registry.promote(version)
+    with pytest.raises(BadInputError, match="cannot be used by this code"):
+        registry.load()
