@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,14 +29,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "purchases_labeled.csv.gz"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------

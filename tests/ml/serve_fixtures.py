@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,13 @@ import pytest
 from ml.model import build_pipeline
 from ml.registry import ModelRegistry
 from ml.schema import CATEGORY, coerce, read_records
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "purchases_labeled.csv.gz"
 MODEL = "purchase-classifier"
 
 __all__ = ["Server", "free_port", "save_model", "server", "start_server", "tiny_data", "tiny_pipeline"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ml import db
 from ml.cli import main
 from ml.errors import BadInputError, ExitCode, InfrastructureError, NotFoundError
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 def test_seed_loads_purchases_and_labels_and_is_repeatable(database_url: str, purchases_sample: pd.DataFrame) -> None:

@@ -18,8 +18,9 @@ from ml import db
 from ml.cli import main
 from ml.errors import BadInputError, ExitCode, NotFoundError
 from ml.jobs.predict import PredictConfig, id_ranges, run_predict
-from tests.conftest import ROOT, TrainedModel, free_port
+from tests.conftest import ROOT, TrainedModel
 from tests.support.dask_processes import DaskProcesses
+from tests.support.ports import free_port
 
 
 def seeded(url: str, frame: pd.DataFrame) -> sa.Engine:
