@@ -37,6 +37,7 @@ bench: env
 	$(PY) bench/training.py
 	$(PY) bench/serving.py
 	$(PY) bench/batch_predict.py
+	$(PY) bench/refresh_predict.py
 
 clean:
 	rm -rf var render .pytest_cache .mypy_cache .ruff_cache
