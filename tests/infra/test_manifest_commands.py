@@ -34,6 +34,9 @@ import pytest
 from infra.k8s.common import NANNY_PORT, SCHEDULER_DASHBOARD_PORT, SCHEDULER_PORT, SERVING_PORT, WORKER_PORT
 from infra.k8s.common import WORKER_DASHBOARD_PORT as WORKER_HTTP_PORT
 from infra.render import kubernetes_manifests
+from ml.model import fit_model
+from ml.registry import ModelRegistry
+from ml.schema import coerce, read_records
 from tests.infra.harness import cached_run
 
 pytestmark = pytest.mark.slow
@@ -353,8 +356,10 @@ def test_jobs_refresh_train_predict_run_against_the_cluster(
 
 
 def test_serving_command_becomes_ready(dask_cluster: Site, manifests: dict[tuple[str, str], Any]) -> None:
-    if not (Path(dask_cluster.store) / "models").exists():
-        pytest.skip("needs the model trained by test_jobs_refresh_train_predict_run_against_the_cluster")
+    registry = ModelRegistry(dask_cluster.store, "purchase-classifier")
+    if registry.latest_version() is None:  # run alone: the jobs test has not trained one
+        sample = coerce(read_records(str(DATA)), labeled=True).sample(600, random_state=0)
+        registry.promote(registry.save(fit_model(sample), {"metrics": {"macro_f1": 0.0}}))
     server = pod_container(manifests[("Deployment", "serving")])
     ports = {SERVING_PORT: free_port()}
     proc, log = dask_cluster.start("serving-0", server, ports)
