@@ -79,6 +79,10 @@ def print_summary(summary: PredictSummary, engine: sa.Engine, database: str, sto
         f"needs_review from predictions where model_version = '{summary.model_version}' limit 5\""
     )
     console.print(f"  snapshots:   {store}/training/    models: {store}/models/")
+    console.print("[bold]what to try next[/]")
+    console.print(f"  python -m ml models list --store {store}")
+    console.print(f"  python -m ml evaluate --model {store} --data data/purchases_labeled.csv.gz")
+    console.print(f"  python -m ml serve --store {store}    # then POST records to http://127.0.0.1:8080/v1/classify")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -152,7 +156,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="share of purchases seeded without their label (default 0.2)",
     )
     parser.add_argument(
-        "--search", action="store_true", help="run the hyper-parameter search (slower; default: known-good parameters)"
+        "--no-search",
+        dest="search",
+        action="store_false",
+        help="skip the hyper-parameter search on Dask (faster: known-good parameters)",
     )
     parser.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Dask (default 60)")
