@@ -49,6 +49,10 @@ def fit_one_vs_rest_block(svm: LinearSVC, X: Any, y: np.ndarray, block: np.ndarr
     return coef[rows], intercept[rows]
 
 
+def _float32(X: Any) -> Any:
+    return X.astype(np.float32, copy=False)
+
+
 def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the log-loss of ``softmax(scores / T)`` (searched on log T)."""
     rows = np.arange(len(labels))
@@ -111,10 +115,15 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
             self._assemble([(block, result) for (m, block), result in zip(tasks, results, strict=True) if m == model])
             for model in range(len(row_sets))
         ]
-        self.coef_, self.intercept_, _ = models[0]
+        coef, self.intercept_, _ = models[0]
+        # (features, classes), C-contiguous float32: a sparse float32 row times this is a fast
+        # sparse-dense product; coef_.T of another dtype is copied and converted on every call.
+        self.weights_ = np.ascontiguousarray(coef.T)
         scores, labels = [], []
         for (_, test), (coef, intercept, seen) in zip(folds, models[1:], strict=True):
-            fold_scores = safe_sparse_dot(X[test], coef.T, dense_output=True) + intercept
+            fold_scores = (
+                safe_sparse_dot(_float32(X[test]), np.ascontiguousarray(coef.T), dense_output=True) + intercept
+            )
             # a category this fold's model never saw scores below every seen one, finitely
             fold_scores[:, ~seen] = fold_scores[:, seen].min() - 1.0
             scores.append(fold_scores)
@@ -150,9 +159,14 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
             coef[rows], intercept[rows], seen[rows] = block_coef, block_intercept, True
         return coef, intercept, seen
 
+    @property
+    def coef_(self) -> np.ndarray:
+        """The (classes, features) weights, as scikit-learn's linear models name them."""
+        return self.weights_.T
+
     def decision_function(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        return safe_sparse_dot(X, self.coef_.T, dense_output=True) + self.intercept_
+        check_is_fitted(self, "weights_")
+        return safe_sparse_dot(_float32(X), self.weights_, dense_output=True) + self.intercept_
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return softmax(self.decision_function(X) / self.temperature_, axis=1)
