@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra.config import Resources, Workloads
+from infra.config import Autoscaling, Resources, Workloads
 from infra.naming import PROJECT
 
 Obj = dict[str, Any]
@@ -305,3 +305,29 @@ def pod_spec(
     if restart_policy:
         spec["restartPolicy"] = restart_policy
     return spec
+
+
+def build_cpu_hpa(ctx: Context, deployment: str, scaling: Autoscaling, behavior: Obj | None = None) -> Obj:
+    """A HorizontalPodAutoscaler keeping ``deployment``'s average CPU near the configured target."""
+    spec: Obj = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": scaling.cpu_target_percent},
+                },
+            }
+        ],
+    }
+    if behavior:
+        spec["behavior"] = behavior
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(ctx, deployment, deployment),
+        "spec": spec,
+    }

@@ -26,6 +26,7 @@ from infra.k8s.common import (
     WORKER_PORT,
     Context,
     Obj,
+    build_cpu_hpa,
     component_selector,
     container,
     env_value,
@@ -225,27 +226,8 @@ def build_worker_hpa(ctx: Context) -> Obj | None:
     scaling = ctx.workloads.dask.workers.autoscaling
     if scaling is None:
         return None
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(ctx, WORKER, WORKER),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKER},
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {"type": "Utilization", "averageUtilization": scaling.cpu_target_percent},
-                    },
-                }
-            ],
-            # Scaling down kills workers holding results; be slow about it.
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
-        },
-    }
+    # Scaling down kills workers holding results; be slow about it.
+    return build_cpu_hpa(ctx, WORKER, scaling, behavior={"scaleDown": {"stabilizationWindowSeconds": 600}})
 
 
 def _tcp(*ports: int) -> list[Obj]:

@@ -17,6 +17,7 @@ from infra.k8s.common import (
     SERVING_PORT,
     Context,
     Obj,
+    build_cpu_hpa,
     container,
     env_value,
     http_probe,
@@ -104,26 +105,7 @@ def build_service(ctx: Context) -> Obj:
 
 
 def build_hpa(ctx: Context) -> Obj:
-    scaling = ctx.workloads.serving.autoscaling
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(ctx, SERVING, SERVING),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": SERVING},
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {"type": "Utilization", "averageUtilization": scaling.cpu_target_percent},
-                    },
-                }
-            ],
-        },
-    }
+    return build_cpu_hpa(ctx, SERVING, ctx.workloads.serving.autoscaling)
 
 
 def build_pdb(ctx: Context) -> Obj:
