@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ml import schema
 from ml.errors import BadInputError, InfrastructureError, NotFoundError
-from ml.settings import DATABASE_ENV, default_database_url
+from ml.settings import add_database_argument
 
 log = logging.getLogger(__name__)
 
@@ -265,15 +265,13 @@ def _seed_command(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("db", help="create or seed the purchases database")
     commands = parser.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    url_help = f"SQLAlchemy URL (default ${DATABASE_ENV} or {default_database_url()})"
-
     init = commands.add_parser("init", help="create the purchases, labels and predictions tables")
-    init.add_argument("--database-url", default=default_database_url(), help=url_help)
+    add_database_argument(init)
     init.set_defaults(func=_init_command)
 
     seed_parser = commands.add_parser("seed", help="create the tables and load a purchases file (CSV/parquet)")
     seed_parser.add_argument("--data", required=True, help="file with id, description, cost, contract, ...")
-    seed_parser.add_argument("--database-url", default=default_database_url(), help=url_help)
+    add_database_argument(seed_parser)
     seed_parser.add_argument(
         "--unlabeled-share",
         type=float,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ml.registry import ModelRegistry
-from ml.settings import default_model_name, default_store
+from ml.settings import add_store_argument, default_model_name
 
 
 def list_versions(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ("show", show, "one version's metadata as JSON"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--store", default=default_store(), help="model store URL (env ML_STORE)")
+        add_store_argument(sub)
         sub.add_argument("--name", default=default_model_name(), help="model name (env ML_MODEL_NAME)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(func=func)

@@ -5,6 +5,7 @@ The CronJobs and Deployments set these variables; on a laptop nothing needs to b
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from ml.registry import DEFAULT_MODEL_NAME
@@ -33,3 +34,19 @@ def default_model_name() -> str:
 def image_digest() -> str | None:
     """The image digest the process runs from, when the platform told us (recorded in outputs)."""
     return os.environ.get(IMAGE_DIGEST_ENV) or None
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """``--store``, the same flag with the same default for every command that reads the store."""
+    parser.add_argument(
+        "--store", default=default_store(), help=f"store URL: a directory or s3://bucket/prefix (env {STORE_ENV})"
+    )
+
+
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    """``--database-url``, the same flag with the same default for every command that uses the database."""
+    parser.add_argument(
+        "--database-url",
+        default=default_database_url(),
+        help=f"SQLAlchemy URL (env {DATABASE_ENV}; default {DEFAULT_DATABASE_URL})",
+    )

@@ -44,13 +44,11 @@ from ml.errors import BadInputError, InfrastructureError, MlError, NotFoundError
 from ml.model import predict
 from ml.registry import ModelRegistry
 from ml.settings import (
-    DATABASE_ENV,
     IMAGE_DIGEST_ENV,
     MODEL_NAME_ENV,
-    STORE_ENV,
-    default_database_url,
+    add_database_argument,
+    add_store_argument,
     default_model_name,
-    default_store,
     image_digest,
 )
 
@@ -413,12 +411,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="batch-predict purchases without a prediction from the LATEST model, on Dask"
     )
-    parser.add_argument(
-        "--database-url",
-        default=default_database_url(),
-        help=f"SQLAlchemy URL (default ${DATABASE_ENV} or {default_database_url()})",
-    )
-    parser.add_argument("--store", default=default_store(), help=f"model store URL (default ${STORE_ENV})")
+    add_database_argument(parser)
+    add_store_argument(parser)
     parser.add_argument("--model-name", default=default_model_name(), help=f"model name (default ${MODEL_NAME_ENV})")
     parser.add_argument("--version", default="latest", help="model version (default: LATEST)")
     parser.add_argument(

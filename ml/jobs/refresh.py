@@ -31,7 +31,7 @@ from ml import db, schema, snapshots
 from ml.errors import InfrastructureError, NotFoundError
 from ml.features import normalise_column
 from ml.registry import open_store, storage_options_from_env
-from ml.settings import DATABASE_ENV, STORE_ENV, default_database_url, default_store, image_digest
+from ml.settings import add_database_argument, add_store_argument, image_digest
 
 log = logging.getLogger(__name__)
 
@@ -325,14 +325,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "refresh", help="validate labelled purchases and write a training snapshot (parquet + manifest)"
     )
-    parser.add_argument(
-        "--database-url",
-        default=default_database_url(),
-        help=f"SQLAlchemy URL of the source (default ${DATABASE_ENV} or {default_database_url()})",
-    )
-    parser.add_argument(
-        "--store", default=default_store(), help=f"store URL (default ${STORE_ENV} or {default_store()})"
-    )
+    add_database_argument(parser)
+    add_store_argument(parser)
     parser.add_argument(
         "--max-bad-share",
         type=float,

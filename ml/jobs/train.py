@@ -33,7 +33,7 @@ from ml.features import is_validation, normalise_column
 from ml.jobs.evaluate import metrics
 from ml.model import PARAM_GRID, build_pipeline, fit_model
 from ml.registry import ModelRegistry
-from ml.settings import default_model_name, default_store, image_digest
+from ml.settings import add_store_argument, default_model_name, image_digest
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -223,7 +223,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="labelled CSV or parquet: a path or any fsspec URL")
     data.add_argument("--snapshot", help="a training snapshot id in the store, or 'latest'")
-    parser.add_argument("--store", default=default_store(), help="model store URL (env ML_STORE)")
+    add_store_argument(parser)
     parser.add_argument("--name", default=default_model_name(), help="model name (env ML_MODEL_NAME)")
     parser.add_argument("--max-bad-share", type=float, default=0.05, help="refuse data above this bad-row share")
     parser.add_argument(
