@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from itertools import chain, repeat
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from ml.schema import CONTRACT, COST, DEPARTMENT, DESCRIPTION
 
@@ -23,16 +27,19 @@ _NOT_WORD = re.compile(r"[^0-9A-Z/.%+-]+")
 _SPACES = re.compile(r"\s+")
 
 
-def normalise_text(text: str) -> str:
-    """Upper-case, keep letters, digits and the punctuation that carries meaning in sizes."""
+def normalise_text(text: object) -> str:
+    """Upper-case, keep letters, digits and the punctuation that carries meaning in sizes.
+
+    A missing value (None, NA, NaN) is the empty text.
+    """
+    if text is None or text is pd.NA or text != text:
+        return ""
     return _SPACES.sub(" ", _NOT_WORD.sub(" ", str(text).upper())).strip()
 
 
 def normalise_column(values: pd.Series | np.ndarray) -> np.ndarray:
-    """Vectorised :func:`normalise_text` over a column (used inside the pipeline)."""
-    series = pd.Series(np.asarray(values).ravel(), dtype="string").fillna("")
-    normalised = series.str.upper().str.replace(_NOT_WORD, " ", regex=True)
-    return normalised.str.replace(_SPACES, " ", regex=True).str.strip().to_numpy(dtype=object)
+    """:func:`normalise_text` over a column (the pipeline's first step, so serving matches training)."""
+    return np.array([normalise_text(text) for text in np.asarray(values, dtype=object).ravel()], dtype=object)
 
 
 def is_validation(descriptions: pd.Series, share: float = 0.2) -> np.ndarray:
@@ -96,3 +103,88 @@ def build_preprocessor(*, char_ngram_max: int = 5, word_ngram_max: int = 2, min_
         ],
         sparse_threshold=1.0,
     )
+
+
+class CompiledFeatures:
+    """A fitted :func:`build_preprocessor`'s ``transform``, without its per-call overhead.
+
+    ``ColumnTransformer.transform`` spends ~10 ms per call on validation, pandas indexing and
+    joblib dispatch whatever the row count, which dominates serving one record. This reads the
+    fitted parts (n-gram analyzers, vocabularies, idf weights, one-hot columns, the cost scaler)
+    and builds the same matrix from plain column lists; tests hold it equal to ``transform``.
+    """
+
+    #: Distinct (contract, department) pairs remembered; bounded so odd input cannot grow memory.
+    CACHE_SIZE = 4096
+
+    def __init__(self, preprocessor: ColumnTransformer) -> None:
+        check_is_fitted(preprocessor)
+        parts = preprocessor.named_transformers_
+        union = parts["description"][-1]
+        offset = preprocessor.output_indices_["description"].start
+        self._text: list[tuple[Any, dict[str, int], np.ndarray, int]] = []
+        for _, vectorizer in union.transformer_list:
+            if not (vectorizer.sublinear_tf and vectorizer.use_idf and vectorizer.norm == "l2"):
+                raise ValueError(f"unsupported text features {vectorizer!r}")
+            idf = vectorizer.idf_.astype(np.float32)
+            self._text.append((vectorizer.build_analyzer(), vectorizer.vocabulary_, idf, offset))
+            offset += len(idf)
+        self._encoder: OneHotEncoder = parts["categorical"]
+        self._categorical_offset = preprocessor.output_indices_["categorical"].start
+        self._pairs: dict[tuple[str, str], np.ndarray] = {}
+        log_step, scaler = parts["cost"]
+        if log_step.func is not log_cost:
+            raise ValueError(f"unsupported cost features {log_step!r}")
+        self._cost_mean, self._cost_scale = scaler.mean_, scaler.scale_
+        self._cost_offset = preprocessor.output_indices_["cost"].start
+        self.n_features = preprocessor.output_indices_["cost"].stop
+
+    def transform(self, records: Any) -> sparse.csr_matrix:
+        """Feature matrix of ``records`` (a DataFrame or a mapping of column lists), float32 CSR."""
+        descriptions = [normalise_text(text) for text in records[DESCRIPTION]]
+        n = len(descriptions)
+        rows: list[np.ndarray] = []
+        columns: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for analyzer, vocabulary, idf, offset in self._text:
+            grams = [analyzer(text) for text in descriptions]
+            sizes = np.fromiter(map(len, grams), dtype=np.int64, count=n)
+            found = np.fromiter(
+                map(vocabulary.get, chain.from_iterable(grams), repeat(-1)), dtype=np.int64, count=int(sizes.sum())
+            )
+            gram_row = np.repeat(np.arange(n), sizes)[found >= 0]
+            # (row, column) pairs counted in one sort; rows come out in order
+            pair, tf = np.unique(gram_row * len(idf) + found[found >= 0], return_counts=True)
+            row, index = np.divmod(pair, len(idf))
+            weight = (np.log(tf, dtype=np.float32) + 1) * idf[index]
+            norms = np.sqrt(np.bincount(row, weights=weight.astype(np.float64) ** 2, minlength=n))
+            rows.append(row)
+            columns.append(index + offset)
+            values.append(weight / norms[row].astype(np.float32))
+        pairs = list(zip(records[CONTRACT], records[DEPARTMENT], strict=True))
+        hot = self._one_hot(pairs)
+        sizes = np.fromiter((len(hot[p]) for p in pairs), dtype=np.int64, count=n)
+        rows.append(np.repeat(np.arange(n), sizes))
+        columns.append(np.concatenate([hot[p] for p in pairs]) if n else np.zeros(0, dtype=np.int64))
+        values.append(np.ones(len(columns[-1]), dtype=np.float32))
+        cost = (log_cost(np.asarray(records[COST], dtype="float64")) - self._cost_mean) / self._cost_scale
+        rows.append(np.repeat(np.arange(n), cost.shape[1]))
+        columns.append(np.tile(np.arange(cost.shape[1]) + self._cost_offset, n))
+        values.append(cost.astype(np.float32).ravel())
+        matrix = sparse.coo_matrix(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(n, self.n_features)
+        )
+        return matrix.tocsr()
+
+    def _one_hot(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
+        """Output columns of each distinct pair; unseen pairs go through the fitted encoder once."""
+        missing = sorted(set(pairs) - self._pairs.keys())
+        if missing:
+            if len(self._pairs) + len(missing) > self.CACHE_SIZE:
+                self._pairs = {}
+            encoded = self._encoder.transform(pd.DataFrame(missing, columns=self._encoder.feature_names_in_)).tocsr()
+            for i, pair in enumerate(missing):
+                self._pairs[pair] = (
+                    encoded.indices[encoded.indptr[i] : encoded.indptr[i + 1]] + self._categorical_offset
+                )
+        return {pair: self._pairs[pair] for pair in set(pairs)}

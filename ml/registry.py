@@ -29,6 +29,7 @@ import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
 from ml.errors import BadInputError, InfrastructureError, IntegrityError, NotFoundError
+from ml.model import predict
 
 DEFAULT_MODEL_NAME = "purchase-classifier"
 #: One plausible record every loaded model must be able to score.
@@ -209,7 +210,7 @@ class ModelRegistry:
             pipeline = joblib.load(io.BytesIO(artifact))
             # Verified bytes can still be a model this code can't run (pickled by an older version):
             # find out here, not in a worker half-way through a batch.
-            pipeline.predict_proba(_PROBE)
+            predict(pipeline, _PROBE)
         except Exception as exc:
             raise BadInputError(
                 f"model {self.name}/{version} cannot be used by this code "

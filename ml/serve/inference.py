@@ -1,7 +1,7 @@
 """Records in, predictions out: one DataFrame and one model call per batch, not per request.
 
-Requests hand over plain column lists (no pandas per request); the batch concatenates them, builds
-a single DataFrame with the schema's columns and dtypes, and splits the results back in order.
+Requests hand over plain column lists (no pandas anywhere on this path); the batch concatenates
+them into one set of columns for :func:`ml.model.predict` and splits the results back in order.
 """
 
 from __future__ import annotations
@@ -10,11 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from ml.model import Predictions, predict
-from ml.schema import CONTRACT, COST, DEPARTMENT, DESCRIPTION
+from ml.schema import FEATURE_COLUMNS
 
 
 @dataclass
@@ -36,31 +33,11 @@ class Columns:
         self.department.append(department or "")
 
 
-def to_frame(parts: list[Columns]) -> pd.DataFrame:
-    """One DataFrame for a whole batch, typed as training data is (``ml.schema.coerce``)."""
+def to_columns(parts: list[Columns]) -> dict[str, list[Any]]:
+    """One batch's records as the column lists :func:`ml.model.predict` takes."""
     if len(parts) == 1:
-        only = parts[0]
-        data: dict[str, Any] = {
-            DESCRIPTION: only.description,
-            COST: only.cost,
-            CONTRACT: only.contract,
-            DEPARTMENT: only.department,
-        }
-    else:
-        data = {
-            DESCRIPTION: [v for p in parts for v in p.description],
-            COST: [v for p in parts for v in p.cost],
-            CONTRACT: [v for p in parts for v in p.contract],
-            DEPARTMENT: [v for p in parts for v in p.department],
-        }
-    return pd.DataFrame(
-        {
-            DESCRIPTION: pd.array(data[DESCRIPTION], dtype="string"),
-            COST: np.asarray(data[COST], dtype="float64"),
-            CONTRACT: pd.array(data[CONTRACT], dtype="string"),
-            DEPARTMENT: pd.array(data[DEPARTMENT], dtype="string"),
-        }
-    )
+        return vars(parts[0])
+    return {name: [value for part in parts for value in getattr(part, name)] for name in FEATURE_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -76,7 +53,7 @@ class Result:
 
 def run_model(pipeline: Any, parts: list[Columns], top_k: int, threshold: float) -> tuple[Predictions, list[Result]]:
     """Predict a batch and split it back into one :class:`Result` per request."""
-    predictions = predict(pipeline, to_frame(parts), top_k=top_k)
+    predictions = predict(pipeline, to_columns(parts), top_k=top_k)
     category = predictions.category.astype(str).tolist()
     confidence = predictions.confidence.astype(float).tolist()
     top_categories = predictions.top_categories.astype(str).tolist()

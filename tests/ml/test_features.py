@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from ml.features import is_validation, log_cost, normalise_column, normalise_text
+from ml import schema
+from ml.features import CompiledFeatures, is_validation, log_cost, normalise_column, normalise_text
 
 
 def test_normalisation_keeps_size_punctuation_and_drops_noise() -> None:
     assert normalise_text("  sut silk 3-0, (box)  ") == "SUT SILK 3-0 BOX"
     assert list(normalise_column(pd.Series(["a/b  c", None]))) == ["A/B C", ""]
+    assert list(normalise_column(pd.array(["x", pd.NA, "é"], dtype="string"))) == ["X", "", ""]
+    assert normalise_text(float("nan")) == ""
 
 
 def test_split_is_stable_and_never_splits_one_description(full_data: pd.DataFrame) -> None:
@@ -29,3 +33,41 @@ def test_log_cost_flags_missing_instead_of_treating_it_as_free() -> None:
     out = log_cost(np.array([[0.0], [np.nan], [99.0]]))
     assert out[:, 1].tolist() == [0.0, 1.0, 0.0]
     assert out[2, 0] == np.log1p(99.0)
+
+
+def _odd_records(sample: pd.DataFrame) -> pd.DataFrame:
+    """Real rows plus the awkward cases: unseen and empty values, missing cost, non-ASCII text."""
+    frame = schema.coerce(sample, labeled=True)[schema.FEATURE_COLUMNS].head(300).copy()
+    frame.loc[0, schema.DEPARTMENT] = "a department never seen in training"
+    frame.loc[1, schema.COST] = np.nan
+    frame.loc[2, schema.DESCRIPTION] = "straße ßü – naïve 3/0 µm"
+    frame.loc[3, schema.DESCRIPTION] = ""
+    frame.loc[4, schema.CONTRACT] = "C-77"
+    return frame
+
+
+def test_compiled_features_equal_the_pipelines_own_transform(labeled_sample: pd.DataFrame, fitted_pipeline) -> None:
+    frame = _odd_records(labeled_sample)
+    expected = fitted_pipeline[0].transform(frame)
+    compiled = CompiledFeatures(fitted_pipeline[0])
+    as_frame = compiled.transform(frame)
+    as_lists = compiled.transform({name: frame[name].tolist() for name in schema.FEATURE_COLUMNS})
+    assert as_frame.shape == expected.shape
+    assert abs(as_frame - expected).max() < 1e-6
+    assert abs(as_lists - expected).max() < 1e-6
+    one = compiled.transform(frame.iloc[[2]])
+    assert abs(one - expected[[2]]).max() < 1e-6
+
+
+def test_compiled_features_cache_of_contract_department_pairs_is_bounded(
+    labeled_sample: pd.DataFrame, fitted_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(CompiledFeatures, "CACHE_SIZE", 8)
+    compiled = CompiledFeatures(fitted_pipeline[0])
+    frame = _odd_records(labeled_sample)
+    for start in range(0, 60, 10):
+        chunk = frame.iloc[start : start + 10].copy()
+        chunk[schema.CONTRACT] = [f"contract {start + i}" for i in range(len(chunk))]
+        assert abs(compiled.transform(chunk) - fitted_pipeline[0].transform(chunk)).max() < 1e-6
+        assert len(compiled._pairs) <= 10
+

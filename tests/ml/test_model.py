@@ -17,7 +17,7 @@ def test_predictions_carry_confidence_and_sorted_top_k(fitted_pipeline, labeled_
     assert np.array_equal(result.category, fitted_pipeline.predict(frame[schema.FEATURE_COLUMNS]))
     probabilities = fitted_pipeline.predict_proba(frame[schema.FEATURE_COLUMNS])
     assert np.allclose(probabilities.sum(axis=1), 1.0)
-    assert (result.confidence == probabilities.max(axis=1)).all()
+    np.testing.assert_allclose(result.confidence, probabilities.max(axis=1), rtol=1e-5)
     assert result.needs_review(1.01).all() and not result.needs_review(0.0).any()
 
 
