@@ -29,9 +29,10 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.validation import check_is_fitted
 
-#: liblinear's stopping tolerance. At 0.1 instead of its default 1e-4 the fit takes a fraction of
-#: the time and predicts the same classes on the shipped data's validation split (bench/training.py).
-SVM_TOLERANCE = 0.1
+#: liblinear's stopping tolerance. Measured on the shipped data's validation split: from its default
+#: 1e-4 up to 0.5 accuracy and macro-F1 stay within 0.001 while the fit gets several times faster;
+#: at 1.0 macro-F1 drops by 0.018. 0.4 keeps a margin below that edge.
+SVM_TOLERANCE = 0.4
 #: Label standing for "every category outside this block" (sorts before any real category).
 _REST = "\x00rest"
 
@@ -80,7 +81,7 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
         C: float = 0.5,
         tol: float = SVM_TOLERANCE,
         folds: int = 2,
-        calibration_rows: int = 12_000,
+        calibration_rows: int = 6_000,
         blocks: int = 4,
         n_jobs: int | None = None,
     ) -> None:
@@ -103,17 +104,16 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
             for train, test in GroupKFold(n_splits=self.folds).split(calibration, groups=groups[calibration])
         ]
         # The full model and each fold's model, every one split into blocks: all independent tasks.
-        row_sets = [np.arange(len(y)), *(train for train, _ in folds)]
-        tasks = [(model, block) for model, rows in enumerate(row_sets) for block in self._blocks(y[rows])]
+        # One object per row set, shared by its blocks: joblib's Dask backend ships each once.
+        datasets = [(X, y), *((X[train], y[train]) for train, _ in folds)]
+        tasks = [(model, block) for model, (_, labels) in enumerate(datasets) for block in self._blocks(labels)]
         results = Parallel(n_jobs=self.n_jobs)(
-            delayed(fit_one_vs_rest_block)(
-                LinearSVC(C=self.C, tol=self.tol, random_state=0), X[row_sets[model]], y[row_sets[model]], block
-            )
+            delayed(fit_one_vs_rest_block)(LinearSVC(C=self.C, tol=self.tol, random_state=0), *datasets[model], block)
             for model, block in tasks
         )
         models = [
             self._assemble([(block, result) for (m, block), result in zip(tasks, results, strict=True) if m == model])
-            for model in range(len(row_sets))
+            for model in range(len(datasets))
         ]
         coef, self.intercept_, _ = models[0]
         # (features, classes), C-contiguous float32: a sparse float32 row times this is a fast

@@ -22,7 +22,7 @@ from ml.schema import CATEGORY, DESCRIPTION, FEATURE_COLUMNS
 
 #: The final model's parameters when no search is run (the search's usual winner on the shipped data).
 DEFAULT_PARAMS: dict[str, Any] = {
-    "features__description__featureunion__chars__ngram_range": (2, 5),
+    "features__description__featureunion__chars__ngram_range": (2, 4),
     "classifier__C": 0.5,
 }
 
