@@ -110,14 +110,15 @@ class PlatformMocks(Mocks):
             state["keyId"] = name
         return rid, state
 
-    def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        # The failures list must be a list: Pulumi's MockMonitor iterates it (``None`` raises).
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": MOCK_ACCOUNT,
                 "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
                 "userId": "mock",
-            }, None
-        return {}, None
+            }, []
+        return {}, []
 
 
 def load_stack_config(stack: str, root: Path = ROOT) -> dict[str, Any]:

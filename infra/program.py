@@ -59,8 +59,10 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         default_tags=aws.ProviderDefaultTagsArgs(tags=default_tags(cfg, stack)),
     )
     opts = pulumi.ResourceOptions(providers=[provider])
+    # The account the provider's credentials deploy into: Pod Identity trust policies pin it.
+    account_id = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=provider)).account_id
     network = Network("network", cfg.network, cfg.cluster.name, region, opts=opts)
-    cluster = Cluster("cluster", cfg.cluster, network.private_subnet_ids, region, opts=opts)
+    cluster = Cluster("cluster", cfg.cluster, network.private_subnet_ids, region, account_id, opts=opts)
     registry = Registry("registry", cfg.ecr, opts=opts)
     storage = Storage("storage", cfg.storage, bucket_prefix=f"{PROJECT}-{stack}-", opts=opts)
     identities = Identities(
@@ -69,6 +71,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         namespace=cfg.workloads.namespace,
         bucket_arn=storage.bucket_arn,
         kms_key_arn=storage.kms_key_arn,
+        account_id=account_id,
         opts=opts,
     )
     return Platform(

@@ -114,8 +114,9 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> d
     }
 
 
-def _role(name: str, trust: dict[str, Any], policies: tuple[str, ...], parent: pulumi.Resource) -> aws.iam.Role:
-    role = aws.iam.Role(name, assume_role_policy=json.dumps(trust), opts=pulumi.ResourceOptions(parent=parent))
+def _role(name: str, trust: pulumi.Input[str], policies: tuple[str, ...], parent: pulumi.Resource) -> aws.iam.Role:
+    """A role trusting ``trust`` (a JSON policy document) with AWS managed ``policies`` attached."""
+    role = aws.iam.Role(name, assume_role_policy=trust, opts=pulumi.ResourceOptions(parent=parent))
     for i, arn in enumerate(policies):
         aws.iam.RolePolicyAttachment(
             f"{name}-{i}", role=role.name, policy_arn=arn, opts=pulumi.ResourceOptions(parent=parent)
@@ -137,6 +138,7 @@ class Cluster(pulumi.ComponentResource):
         cfg: ClusterConfig,
         subnet_ids: list[pulumi.Output[str]],
         region: str,
+        account_id: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:aws:Cluster", name, None, opts)
@@ -144,7 +146,7 @@ class Cluster(pulumi.ComponentResource):
             raise ValueError("cluster.nodeGroups is required in eks mode")
         child = pulumi.ResourceOptions(parent=self)
 
-        cluster_role = _role(f"{name}-cluster", cluster_assume_role_policy(), CLUSTER_POLICIES, self)
+        cluster_role = _role(f"{name}-cluster", json.dumps(cluster_assume_role_policy()), CLUSTER_POLICIES, self)
         secrets_key = aws.kms.Key(
             f"{name}-secrets",
             description=f"Envelope encryption of Kubernetes secrets in EKS cluster {cfg.name}",
@@ -195,7 +197,7 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
             )
 
-        node_role = _role(f"{name}-node", assume_role_policy("ec2.amazonaws.com"), NODE_POLICIES, self)
+        node_role = _role(f"{name}-node", json.dumps(assume_role_policy("ec2.amazonaws.com")), NODE_POLICIES, self)
         base_addons = []
         for addon in ADDONS:
             if addon in ADDONS_NEEDING_NODES:
@@ -238,7 +240,8 @@ class Cluster(pulumi.ComponentResource):
                 )
             )
 
-        ebs_role = _role(f"{name}-ebs-csi", pod_identity_trust_policy(), (EBS_CSI_POLICY,), self)
+        ebs_trust = pulumi.Output.from_input(account_id).apply(lambda a: json.dumps(pod_identity_trust_policy(a)))
+        ebs_role = _role(f"{name}-ebs-csi", ebs_trust, (EBS_CSI_POLICY,), self)
         node_addons = []
         for addon in sorted(ADDONS_NEEDING_NODES):
             node_addons.append(

@@ -15,6 +15,11 @@ import pulumi_aws as aws
 from infra.aws.policies import WORKLOAD_ACCESS, BucketAccess, bucket_access_policy, pod_identity_trust_policy
 
 
+def trust_policy_json(account_id: str) -> str:
+    """The Pod Identity trust document as IAM takes it (a JSON string)."""
+    return json.dumps(pod_identity_trust_policy(account_id))
+
+
 def _policy_json(access: BucketAccess) -> Callable[[list[str]], str]:
     def render(arns: list[str]) -> str:
         return json.dumps(bucket_access_policy(arns[0], arns[1], access))
@@ -23,7 +28,11 @@ def _policy_json(access: BucketAccess) -> Callable[[list[str]], str]:
 
 
 class Identities(pulumi.ComponentResource):
-    """Roles, inline bucket policies and Pod Identity associations for the workloads."""
+    """Roles, inline bucket policies and Pod Identity associations for the workloads.
+
+    :param account_id: the account the stack deploys into (``aws.get_caller_identity``), which the
+        trust policies pin with ``aws:SourceAccount``.
+    """
 
     role_arns: dict[str, pulumi.Output[str]]
 
@@ -34,16 +43,18 @@ class Identities(pulumi.ComponentResource):
         namespace: str,
         bucket_arn: pulumi.Output[str],
         kms_key_arn: pulumi.Output[str],
+        account_id: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:aws:Identities", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.role_arns = {}
+        trust = pulumi.Output.from_input(account_id).apply(trust_policy_json)
         for workload, access in WORKLOAD_ACCESS.items():
             role = aws.iam.Role(
                 f"{name}-{workload}",
                 description=f"purchase-classifier {workload} pods ({namespace}/{workload})",
-                assume_role_policy=json.dumps(pod_identity_trust_policy()),
+                assume_role_policy=trust,
                 opts=child,
             )
             aws.iam.RolePolicy(

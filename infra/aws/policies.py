@@ -70,8 +70,15 @@ def cluster_assume_role_policy() -> Policy:
     return policy
 
 
-def pod_identity_trust_policy() -> Policy:
-    """Trust for EKS Pod Identity: the agent assumes the role and tags the session with pod data."""
+def pod_identity_trust_policy(account_id: str) -> Policy:
+    """Trust for EKS Pod Identity: the agent assumes the role and tags the session with pod data.
+
+    ``aws:SourceAccount`` limits the service principal to requests made on behalf of this account's
+    clusters (confused-deputy guard): ``account_id`` is the account the stack deploys into, read from
+    the provider at run time, never typed into config.
+    """
+    if not (len(account_id) == 12 and account_id.isdigit()):
+        raise ValueError(f"an AWS account id is 12 digits, got {account_id!r}")
     return {
         "Version": VERSION,
         "Statement": [
@@ -79,6 +86,7 @@ def pod_identity_trust_policy() -> Policy:
                 "Effect": "Allow",
                 "Principal": {"Service": "pods.eks.amazonaws.com"},
                 "Action": ["sts:AssumeRole", "sts:TagSession"],
+                "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
             }
         ],
     }

@@ -307,6 +307,12 @@ def pod_spec(
     return spec
 
 
+HPA_OWNED_FIELDS = ("spec.replicas",)
+"""Deployment fields an HPA writes: the Pulumi resource of an HPA-scaled Deployment ignores changes
+to them (``ignore_changes``), or every ``pulumi up`` would reset the replica count the HPA chose.
+The configured ``replicas`` still applies when the Deployment is created."""
+
+
 def build_cpu_hpa(ctx: Context, deployment: str, scaling: Autoscaling, behavior: Obj | None = None) -> Obj:
     """A HorizontalPodAutoscaler keeping ``deployment``'s average CPU near the configured target."""
     spec: Obj = {

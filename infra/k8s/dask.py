@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 from infra.config import Resources, Workloads, cpu_millicores, memory_bytes
 from infra.k8s.common import (
     DASK_CLIENTS,
+    HPA_OWNED_FIELDS,
     NANNY_PORT,
     SCHEDULER,
     SCHEDULER_DASHBOARD_PORT,
@@ -319,10 +320,15 @@ class DaskCluster(pulumi.ComponentResource):
         service = obj(build_scheduler_service)
         k8s.core.v1.Service(f"{name}-scheduler", metadata=service["metadata"], spec=service["spec"], opts=child)
         workers = obj(build_worker_deployment)
-        k8s.apps.v1.Deployment(f"{name}-workers", metadata=workers["metadata"], spec=workers["spec"], opts=child)
+        autoscaled = workloads.dask.workers.autoscaling is not None
+        # With an HPA the replica count is the HPA's once the Deployment exists; without one, Pulumi's.
+        workers_opts = (
+            pulumi.ResourceOptions(parent=self, ignore_changes=list(HPA_OWNED_FIELDS)) if autoscaled else child
+        )
+        k8s.apps.v1.Deployment(f"{name}-workers", metadata=workers["metadata"], spec=workers["spec"], opts=workers_opts)
         pdb = obj(build_worker_pdb)
         k8s.policy.v1.PodDisruptionBudget(f"{name}-workers", metadata=pdb["metadata"], spec=pdb["spec"], opts=child)
-        if workloads.dask.workers.autoscaling is not None:
+        if autoscaled:
             hpa = obj(build_worker_hpa)
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 f"{name}-workers", metadata=hpa["metadata"], spec=hpa["spec"], opts=child

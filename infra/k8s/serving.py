@@ -13,6 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.k8s.common import (
+    HPA_OWNED_FIELDS,
     SERVING,
     SERVING_PORT,
     Context,
@@ -174,7 +175,9 @@ class Serving(pulumi.ComponentResource):
             return ctx.apply(builder)
 
         deployment = obj(build_deployment)
-        k8s.apps.v1.Deployment(name, metadata=deployment["metadata"], spec=deployment["spec"], opts=child)
+        # The HPA below owns the replica count once the Deployment exists.
+        scaled = pulumi.ResourceOptions(parent=self, ignore_changes=list(HPA_OWNED_FIELDS))
+        k8s.apps.v1.Deployment(name, metadata=deployment["metadata"], spec=deployment["spec"], opts=scaled)
         service = obj(build_service)
         k8s.core.v1.Service(name, metadata=service["metadata"], spec=service["spec"], opts=child)
         hpa = obj(build_hpa)

@@ -74,6 +74,26 @@ def test_workloads_use_the_platform_provider_and_are_parented(stack: str) -> Non
 
 
 @pytest.mark.parametrize("stack", STACKS)
+def test_hpa_scaled_deployments_leave_replicas_to_the_hpa(stack: str) -> None:
+    # Without ignoreChanges on spec.replicas, every `pulumi up` resets the count the HPA chose.
+    run = cached_run(stack)
+    scaled = {
+        h.inputs["spec"]["scaleTargetRef"]["name"]
+        for h in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+        if h.inputs["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+    }
+    assert scaled == {"serving"} | ({"dask-worker"} if WORKER_HPA[stack] else set())
+    for dep in run.of_type("kubernetes:apps/v1:Deployment"):
+        name = dep.inputs["metadata"]["name"]
+        ignored = dep.options["ignoreChanges"]
+        if name in scaled:
+            assert ignored == ["spec.replicas"], f"{name} is HPA-scaled but Pulumi would reset its replicas"
+        else:  # a fixed-size Deployment stays fully managed
+            assert ignored == [], f"{name} has no HPA but ignores {ignored}"
+        assert dep.inputs["spec"]["replicas"] >= 1  # still set: the size at creation
+
+
+@pytest.mark.parametrize("stack", STACKS)
 def test_every_container_runs_the_stack_image_by_digest(stack: str) -> None:
     run = cached_run(stack)
     found = containers(run)

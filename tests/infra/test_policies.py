@@ -7,16 +7,19 @@ from typing import Any
 
 import pytest
 
+from infra import mockrun
 from infra.aws.policies import (
     WORKLOAD_ACCESS,
     BucketAccess,
     bucket_access_policy,
     least_privilege_violations,
+    pod_identity_trust_policy,
     tls_only_bucket_policy,
     write_actions,
 )
+from infra.mockrun import MOCK_ACCOUNT, PlatformMocks
 from infra.naming import IDENTITY_WORKLOADS, SA_DASK_SCHEDULER, SA_SERVING
-from tests.infra.harness import AWS_STACKS, cached_run
+from tests.infra.harness import AWS_STACKS, DIGEST, cached_run, run_stack
 
 BUCKET = "arn:aws:s3:::pc-bucket"
 KEY = "arn:aws:kms:eu-west-1:111122223333:key/k"
@@ -80,6 +83,20 @@ def test_checker_catches_broad_policies() -> None:
     assert least_privilege_violations(tls_only_bucket_policy(BUCKET)) == []  # a Deny grants nothing
 
 
+def test_pod_identity_trust_pins_the_source_account() -> None:
+    (st,) = pod_identity_trust_policy("444455556666")["Statement"]
+    assert st["Effect"] == "Allow"
+    assert st["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    assert st["Action"] == ["sts:AssumeRole", "sts:TagSession"]
+    assert st["Condition"] == {"StringEquals": {"aws:SourceAccount": "444455556666"}}
+
+
+@pytest.mark.parametrize("account", ["", "12345", "11112222333x", "arn:aws:iam::111122223333:root"])
+def test_pod_identity_trust_refuses_a_malformed_account(account: str) -> None:
+    with pytest.raises(ValueError, match="12 digits"):
+        pod_identity_trust_policy(account)
+
+
 def test_no_access_means_no_policy() -> None:
     with pytest.raises(ValueError):
         bucket_access_policy(BUCKET, KEY, BucketAccess())
@@ -106,6 +123,51 @@ def test_every_emitted_policy_is_least_privilege(stack: str) -> None:
             if st["Effect"] == "Allow" and "Principal" not in st:
                 actions = [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
                 assert "s3:*" not in actions and "*" not in actions
+
+
+def _pod_identity_trusts(resources: list[mockrun.CapturedResource]) -> dict[str, dict[str, Any]]:
+    """Every role trust document naming the Pod Identity principal, by role name."""
+    found = {}
+    for r in resources:
+        if r.type == "aws:iam/role:Role":
+            doc = json.loads(r.inputs["assumeRolePolicy"])
+            if any(st.get("Principal") == {"Service": "pods.eks.amazonaws.com"} for st in doc["Statement"]):
+                found[r.name] = doc
+    return found
+
+
+def _assert_pinned(trusts: dict[str, dict[str, Any]], account: str) -> None:
+    for name, doc in trusts.items():
+        for st in doc["Statement"]:
+            assert st["Action"] == ["sts:AssumeRole", "sts:TagSession"], name
+            assert st.get("Condition") == {"StringEquals": {"aws:SourceAccount": account}}, f"{name}: {st}"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_every_pod_identity_trust_is_pinned_to_the_stack_account(stack: str) -> None:
+    trusts = _pod_identity_trusts(cached_run(stack).resources)
+    # One role per workload with bucket access, plus the EBS CSI driver's.
+    assert set(trusts) == {f"identities-{w}" for w in IDENTITY_WORKLOADS} | {"cluster-ebs-csi"}
+    _assert_pinned(trusts, MOCK_ACCOUNT)
+
+
+def test_trust_account_comes_from_the_providers_caller_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another account answering getCallerIdentity must show up in every trust: nothing is hard-coded.
+    calls: list[tuple[str, str]] = []
+    answer = PlatformMocks.call
+
+    def recording(self: PlatformMocks, args: Any) -> Any:
+        calls.append((args.token, args.provider))
+        return answer(self, args)
+
+    monkeypatch.setattr(mockrun, "MOCK_ACCOUNT", "444455556666")
+    monkeypatch.setattr(PlatformMocks, "call", recording)
+    run = run_stack("dev", overrides={"imageDigest": DIGEST})
+    _assert_pinned(_pod_identity_trusts(run.resources), "444455556666")
+    (aws_provider,) = run.of_type("pulumi:providers:aws")
+    # One call, through the stack's explicit provider (its region and credentials), not the default one.
+    assert [token for token, _ in calls] == ["aws:index/getCallerIdentity:getCallerIdentity"]
+    assert calls[0][1].startswith(f"{aws_provider.urn}::")
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
