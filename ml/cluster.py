@@ -16,8 +16,8 @@ from importlib import metadata
 from distributed import Client, LocalCluster
 
 from ml.errors import InfrastructureError
+from ml.settings import SCHEDULER_ENV
 
-SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 #: Packages whose versions must agree across client, scheduler and workers.
 CHECKED_PACKAGES = (
     "dask",

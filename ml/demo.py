@@ -21,7 +21,7 @@ from ml import db, schema, snapshots
 from ml.cluster import dask_client
 from ml.jobs.predict import PredictConfig, PredictSummary, run_predict
 from ml.jobs.refresh import RefreshConfig, refresh
-from ml.settings import default_model_name
+from ml.settings import add_dask_arguments, default_model_name
 
 DEFAULT_DATA = "data/purchases_labeled.csv.gz"
 DEFAULT_WORKDIR = "var/demo"
@@ -117,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from ml.jobs.train import train  # imported late: it pulls in the search machinery
 
-    with dask_client(args.scheduler, timeout=args.timeout) as client:
+    with dask_client(args.scheduler, timeout=args.dask_timeout) as client:
         address = str(client.scheduler_info()["address"])
         console.rule(f"3/4 train on Dask ({address})")
         frame, manifest = snapshots.load_snapshot(store, snapshot.snapshot_id)
@@ -129,7 +129,7 @@ def run_demo(args: argparse.Namespace) -> int:
             snapshot=manifest["snapshot_id"],
             run_search=args.search,
             scheduler=address,
-            dask_timeout=args.timeout,
+            dask_timeout=args.dask_timeout,
         )
         console.print(f"model {trained.version}: validation macro-F1 {trained.metrics['macro_f1']:.3f}")
 
@@ -161,6 +161,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip the hyper-parameter search on Dask (faster: known-good parameters)",
     )
-    parser.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Dask (default 60)")
+    add_dask_arguments(parser, timeout=60.0)
     parser.set_defaults(func=run_demo)

@@ -9,17 +9,17 @@ from rich.console import Console
 from rich.table import Table
 
 from ml.registry import ModelRegistry
-from ml.settings import add_store_argument, default_model_name
+from ml.settings import add_model_name_argument, add_store_argument
 
 
 def list_versions(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(args.store, args.name)
+    registry = ModelRegistry(args.store, args.model_name)
     versions = registry.versions()
     latest = registry.latest_version()
     if args.json:
         print(json.dumps([{**_summary(v), "latest": v["version"] == latest} for v in versions]))
         return 0
-    table = Table(title=f"{args.name} in {args.store}")
+    table = Table(title=f"{args.model_name} in {args.store}")
     for column in ("version", "latest", "accuracy", "macro-F1", "rows", "snapshot", "created"):
         table.add_column(column)
     for entry in versions:
@@ -33,7 +33,7 @@ def list_versions(args: argparse.Namespace) -> int:
             str(summary["snapshot"] or "-"),
             summary["created_at"],
         )
-    Console().print(table if versions else f"no versions of {args.name} in {args.store}")
+    Console().print(table if versions else f"no versions of {args.model_name} in {args.store}")
     return 0
 
 
@@ -49,7 +49,7 @@ def _summary(entry: dict) -> dict:
 
 
 def show(args: argparse.Namespace) -> int:
-    entry = ModelRegistry(args.store, args.name).metadata(args.version)
+    entry = ModelRegistry(args.store, args.model_name).metadata(args.version)
     if not args.per_class:
         entry = {**entry, "metrics": {k: v for k, v in entry["metrics"].items() if k != "per_class"}}
     print(json.dumps(entry, indent=2))
@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ):
         sub = commands.add_parser(name, help=help_text)
         add_store_argument(sub)
-        sub.add_argument("--name", default=default_model_name(), help="model name (env ML_MODEL_NAME)")
+        add_model_name_argument(sub)
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(func=func)
     commands.choices["show"].add_argument("version", nargs="?", default="latest", help="version or 'latest'")

@@ -30,8 +30,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ml.errors import BadInputError, InfrastructureError, IntegrityError, NotFoundError
 from ml.model import predict
+from ml.settings import DEFAULT_MODEL_NAME
 
-DEFAULT_MODEL_NAME = "purchase-classifier"
 #: One plausible record every loaded model must be able to score.
 _PROBE = pd.DataFrame({"description": ["PROBE RECORD"], "cost": [1.0], "contract": [""], "department": [""]})
 ARTIFACT = "model.joblib"

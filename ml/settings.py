@@ -8,15 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from ml.registry import DEFAULT_MODEL_NAME
-
 STORE_ENV = "ML_STORE"
 DATABASE_ENV = "DATABASE_URL"
 MODEL_NAME_ENV = "ML_MODEL_NAME"
 IMAGE_DIGEST_ENV = "ML_IMAGE_DIGEST"
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
 DEFAULT_STORE = "var/store"
 DEFAULT_DATABASE_URL = "sqlite:///var/purchases.db"
+DEFAULT_MODEL_NAME = "purchase-classifier"
 
 
 def default_store() -> str:
@@ -49,4 +49,24 @@ def add_database_argument(parser: argparse.ArgumentParser) -> None:
         "--database-url",
         default=default_database_url(),
         help=f"SQLAlchemy URL (env {DATABASE_ENV}; default {DEFAULT_DATABASE_URL})",
+    )
+
+
+def add_model_name_argument(parser: argparse.ArgumentParser) -> None:
+    """``--model-name``, the same flag for every command that picks a model in the store."""
+    parser.add_argument(
+        "--model-name", default=default_model_name(), help=f"model name in the store (env {MODEL_NAME_ENV})"
+    )
+
+
+def add_dask_arguments(parser: argparse.ArgumentParser, timeout: float = 30.0) -> None:
+    """``--scheduler`` and ``--dask-timeout``, the same for every command that runs on Dask."""
+    parser.add_argument(
+        "--scheduler", default=None, help=f"Dask scheduler address (env {SCHEDULER_ENV}; default: a local cluster)"
+    )
+    parser.add_argument(
+        "--dask-timeout",
+        type=float,
+        default=timeout,
+        help=f"seconds to reach the scheduler and its workers before failing (default {timeout:.0f})",
     )

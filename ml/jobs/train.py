@@ -33,7 +33,7 @@ from ml.features import is_validation, normalise_column
 from ml.jobs.evaluate import metrics
 from ml.model import PARAM_GRID, build_pipeline, fit_model
 from ml.registry import ModelRegistry
-from ml.settings import add_store_argument, default_model_name, image_digest
+from ml.settings import add_dask_arguments, add_model_name_argument, add_store_argument, image_digest
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(
         raw,
         store=args.store,
-        name=args.name,
+        name=args.model_name,
         source=source,
         snapshot=snapshot,
         max_bad_share=args.max_bad_share,
@@ -224,17 +224,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data", help="labelled CSV or parquet: a path or any fsspec URL")
     data.add_argument("--snapshot", help="a training snapshot id in the store, or 'latest'")
     add_store_argument(parser)
-    parser.add_argument("--name", default=default_model_name(), help="model name (env ML_MODEL_NAME)")
+    add_model_name_argument(parser)
     parser.add_argument("--max-bad-share", type=float, default=0.05, help="refuse data above this bad-row share")
     parser.add_argument(
         "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
     )
     parser.add_argument("--no-search", dest="search", action="store_false", help="skip the hyper-parameter search")
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds of the search")
-    parser.add_argument(
-        "--scheduler",
-        default=None,
-        help="Dask scheduler address (env DASK_SCHEDULER_ADDRESS; default: local cluster)",
-    )
-    parser.add_argument("--dask-timeout", type=float, default=30.0, help="seconds to reach the scheduler and workers")
+    add_dask_arguments(parser)
     parser.set_defaults(func=run)

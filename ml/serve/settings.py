@@ -9,8 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ml.registry import DEFAULT_MODEL_NAME
-from ml.settings import DEFAULT_STORE
+from ml.settings import DEFAULT_MODEL_NAME, DEFAULT_STORE
 
 
 class ServeSettings(BaseSettings):

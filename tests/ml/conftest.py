@@ -1,7 +1,7 @@
-"""Fixtures for the ML tests: a realistic labelled sample and small trained models.
+"""Fixtures for the ML tests: the shipped data, stores and S3, Dask processes.
 
-The sample is drawn from the shipped data (same noise, same skew) but small enough that a fit
-takes a second or two.
+The labelled sample (``purchases_sample``) and the model fitted on it (``trained_model``) are in
+``tests/conftest.py``, shared with every other test.
 """
 
 from __future__ import annotations
@@ -15,45 +15,26 @@ import pandas as pd
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ml import schema
-from ml.model import fit_model
 from ml.registry import ModelRegistry
 from tests.support.dask_processes import DaskProcesses
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "purchases_labeled.csv.gz"
-
-
-@pytest.fixture(scope="session")
-def full_data() -> pd.DataFrame:
-    return schema.read_records(str(DATA))
-
-
-@pytest.fixture(scope="session")
-def labeled_sample(full_data: pd.DataFrame) -> pd.DataFrame:
-    """2,000 rows of the 12 most frequent categories (every category well represented)."""
-    top = full_data[schema.CATEGORY].value_counts().index[:12]
-    return full_data[full_data[schema.CATEGORY].isin(top)].sample(2000, random_state=7).reset_index(drop=True)
-
 
 @pytest.fixture
-def sample_csv(labeled_sample: pd.DataFrame, tmp_path: Path) -> Path:
+def sample_csv(purchases_sample: pd.DataFrame, tmp_path: Path) -> Path:
     path = tmp_path / "sample.csv"
-    labeled_sample.to_csv(path, index=False)
+    purchases_sample.to_csv(path, index=False)
     return path
 
 
-@pytest.fixture(scope="session")
-def fitted_pipeline(labeled_sample: pd.DataFrame):
-    return fit_model(schema.coerce(labeled_sample, labeled=True))
-
-
 @pytest.fixture
-def store_with_model(tmp_path: Path, fitted_pipeline) -> Callable[..., ModelRegistry]:
+def store_with_model(tmp_path: Path, trained_model) -> Callable[..., ModelRegistry]:
     """A local store with one promoted version whose validation macro-F1 is ``macro_f1``."""
 
     def make(macro_f1: float = 0.5) -> ModelRegistry:
         registry = ModelRegistry(str(tmp_path / "store"))
-        version = registry.save(fitted_pipeline, {"metrics": {"accuracy": 0.9, "macro_f1": macro_f1, "n_rows": 1}})
+        version = registry.save(
+            trained_model.pipeline, {"metrics": {"accuracy": 0.9, "macro_f1": macro_f1, "n_rows": 1}}
+        )
         registry.promote(version)
         return registry
 

@@ -46,10 +46,10 @@ def _odd_records(sample: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def test_compiled_features_equal_the_pipelines_own_transform(labeled_sample: pd.DataFrame, fitted_pipeline) -> None:
-    frame = _odd_records(labeled_sample)
-    expected = fitted_pipeline[0].transform(frame)
-    compiled = CompiledFeatures(fitted_pipeline[0])
+def test_compiled_features_equal_the_pipelines_own_transform(purchases_sample: pd.DataFrame, trained_model) -> None:
+    frame = _odd_records(purchases_sample)
+    expected = trained_model.pipeline[0].transform(frame)
+    compiled = CompiledFeatures(trained_model.pipeline[0])
     as_frame = compiled.transform(frame)
     as_lists = compiled.transform({name: frame[name].tolist() for name in schema.FEATURE_COLUMNS})
     assert as_frame.shape == expected.shape
@@ -60,14 +60,13 @@ def test_compiled_features_equal_the_pipelines_own_transform(labeled_sample: pd.
 
 
 def test_compiled_features_cache_of_contract_department_pairs_is_bounded(
-    labeled_sample: pd.DataFrame, fitted_pipeline, monkeypatch: pytest.MonkeyPatch
+    purchases_sample: pd.DataFrame, trained_model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(CompiledFeatures, "CACHE_SIZE", 8)
-    compiled = CompiledFeatures(fitted_pipeline[0])
-    frame = _odd_records(labeled_sample)
+    compiled = CompiledFeatures(trained_model.pipeline[0])
+    frame = _odd_records(purchases_sample)
     for start in range(0, 60, 10):
         chunk = frame.iloc[start : start + 10].copy()
         chunk[schema.CONTRACT] = [f"contract {start + i}" for i in range(len(chunk))]
-        assert abs(compiled.transform(chunk) - fitted_pipeline[0].transform(chunk)).max() < 1e-6
+        assert abs(compiled.transform(chunk) - trained_model.pipeline[0].transform(chunk)).max() < 1e-6
         assert len(compiled._pairs) <= 10
-

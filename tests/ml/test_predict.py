@@ -171,7 +171,7 @@ def test_unreachable_scheduler_fails_fast_with_infrastructure_code(
             trained_model.store,
             "--scheduler",
             nobody,
-            "--timeout",
+            "--dask-timeout",
             "3",
         ],
         capture_output=True,

@@ -24,34 +24,34 @@ def metadata(macro_f1: float) -> dict:
     return {"metrics": {"accuracy": 0.9, "macro_f1": macro_f1, "n_rows": 10}}
 
 
-def test_saved_version_is_invisible_until_promoted(store_url, fitted_pipeline, labeled_sample) -> None:
+def test_saved_version_is_invisible_until_promoted(store_url, trained_model, purchases_sample) -> None:
     registry = ModelRegistry(store_url)
-    version = registry.save(fitted_pipeline, metadata(0.5))
+    version = registry.save(trained_model.pipeline, metadata(0.5))
     assert registry.latest_version() is None
     with pytest.raises(NotFoundError, match="no LATEST"):
         registry.load()
     registry.promote(version)
     loaded = registry.load()
     assert loaded.version == version
-    frame = schema.coerce(labeled_sample.head(5), labeled=True)
-    assert list(predict(loaded.pipeline, frame).category) == list(fitted_pipeline.predict(frame))
+    frame = schema.coerce(purchases_sample.head(5), labeled=True)
+    assert list(predict(loaded.pipeline, frame).category) == list(trained_model.pipeline.predict(frame))
     meta = registry.metadata(version)
     assert meta["sha256"] and meta["size_bytes"] > 0 and meta["name"] == "purchase-classifier"
     assert [v["version"] for v in registry.versions()] == [version]
 
 
-def test_gate_keeps_latest_when_new_model_is_worse(store_url, fitted_pipeline) -> None:
+def test_gate_keeps_latest_when_new_model_is_worse(store_url, trained_model) -> None:
     registry = ModelRegistry(store_url)
-    first = registry.save(fitted_pipeline, metadata(0.60))
+    first = registry.save(trained_model.pipeline, metadata(0.60))
     registry.promote(first)
     assert not registry.gate({"macro_f1": 0.58}, tolerance=0.01).promoted
     assert registry.gate({"macro_f1": 0.595}, tolerance=0.01).promoted
     assert registry.latest_version() == first
 
 
-def test_corrupted_or_truncated_artifact_is_refused(store_url, fitted_pipeline) -> None:
+def test_corrupted_or_truncated_artifact_is_refused(store_url, trained_model) -> None:
     registry = ModelRegistry(store_url)
-    version = registry.save(fitted_pipeline, metadata(0.5))
+    version = registry.save(trained_model.pipeline, metadata(0.5))
     registry.promote(version)
     artifact = f"{registry.root}/{version}/model.joblib"
     original = registry.fs.cat_file(artifact)
@@ -65,7 +65,7 @@ def test_corrupted_or_truncated_artifact_is_refused(store_url, fitted_pipeline) 
         registry.load()
 
 
-def test_interrupted_write_without_metadata_is_not_a_version(store_url, fitted_pipeline) -> None:
+def test_interrupted_write_without_metadata_is_not_a_version(store_url, trained_model) -> None:
     registry = ModelRegistry(store_url)
     partial = f"{registry.root}/20990101T000000Z-dead00"
     registry.fs.makedirs(partial, exist_ok=True)
@@ -76,11 +76,11 @@ def test_interrupted_write_without_metadata_is_not_a_version(store_url, fitted_p
     assert registry.latest_version() is None
 
 
-def test_local_latest_is_replaced_atomically(tmp_path, fitted_pipeline) -> None:
+def test_local_latest_is_replaced_atomically(tmp_path, trained_model) -> None:
     registry = ModelRegistry(str(tmp_path / "store"))
-    first = registry.save(fitted_pipeline, metadata(0.5))
+    first = registry.save(trained_model.pipeline, metadata(0.5))
     registry.promote(first)
-    second = registry.save(fitted_pipeline, metadata(0.6))
+    second = registry.save(trained_model.pipeline, metadata(0.6))
     registry.promote(second)
     root = tmp_path / "store" / "models" / "purchase-classifier"
     assert (root / LATEST).read_text() == second
@@ -88,9 +88,9 @@ def test_local_latest_is_replaced_atomically(tmp_path, fitted_pipeline) -> None:
     assert json.loads((root / second / METADATA).read_text())["metrics"]["macro_f1"] == 0.6
 
 
-def test_versions_listed_oldest_first(tmp_path, fitted_pipeline) -> None:
+def test_versions_listed_oldest_first(tmp_path, trained_model) -> None:
     registry = ModelRegistry(str(tmp_path / "store"), name="other")
-    made = [registry.save(fitted_pipeline, metadata(0.1 * i)) for i in range(3)]
+    made = [registry.save(trained_model.pipeline, metadata(0.1 * i)) for i in range(3)]
     assert [v["version"] for v in registry.versions()] == sorted(made)
     assert pd.Series([v["metrics"]["macro_f1"] for v in registry.versions()]).is_monotonic_increasing
 

@@ -35,7 +35,7 @@ def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample
     registry = ModelRegistry(store)
     assert registry.latest_version() == summary["version"]
     meta = registry.metadata()
-    assert meta["data"]["rows"] == 2000 and meta["data"]["validation_rows"] > 0
+    assert meta["data"]["rows"] == 3000 and meta["data"]["validation_rows"] > 0
     assert len(meta["search"]) == 4 and meta["params"]
     assert meta["libraries"]["scikit-learn"] and meta["sha256"]
     assert "searching 4 candidates" in result.stderr
@@ -46,7 +46,7 @@ def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
     assert set(metrics) == {"accuracy", "macro_f1", "n_rows", "per_class"}
-    assert metrics["n_rows"] == 2000 and (tmp_path / "cm.png").stat().st_size > 10_000
+    assert metrics["n_rows"] == 3000 and (tmp_path / "cm.png").stat().st_size > 10_000
 
     listed = ml("models", "list", "--store", store, "--json")
     assert [entry["latest"] for entry in json.loads(listed.stdout)] == [True]
@@ -64,15 +64,15 @@ def test_gate_rejects_worse_model_and_keeps_latest(store_with_model, sample_csv:
     assert len(registry.versions()) == 2
 
 
-def test_bad_rows_are_reported_and_refused(labeled_sample: pd.DataFrame, tmp_path: Path) -> None:
-    bad = labeled_sample.copy()
+def test_bad_rows_are_reported_and_refused(purchases_sample: pd.DataFrame, tmp_path: Path) -> None:
+    bad = purchases_sample.copy()
     bad.loc[:199, "cost"] = -5
     bad.loc[200:209, "description"] = ""
     path = tmp_path / "bad.csv"
     bad.to_csv(path, index=False)
     result = ml("train", "--data", str(path), "--store", str(tmp_path / "store"), "--no-search")
     assert result.returncode == ExitCode.BAD_INPUT
-    assert "210 of 2000 rows invalid" in result.stderr
+    assert "210 of 3000 rows invalid" in result.stderr
     assert "200 rows: cost is negative" in result.stderr and "10 rows: description is empty" in result.stderr
     assert "exceeds the limit 5.0%" in result.stderr
     assert not (tmp_path / "store").exists()
