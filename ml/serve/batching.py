@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests share one model call.
 
-One call of the pipeline costs several milliseconds whatever its row count, so eight requests in one
-call cost little more than one. Requests queue here; a single worker takes everything queued (up to
+One model call has a fixed cost whatever its row count (~0.7 ms with ``ml.features.CompiledFeatures``,
+~12 ms through scikit-learn's ``ColumnTransformer``), so eight requests in one call cost little more
+than one. Requests queue here; a single worker takes everything queued (up to
 ``max_batch_records``) and runs it in one thread-pool call while the event loop keeps accepting.
 
 The window: the worker remembers how many requests were recently in the system at once (queued or
