@@ -29,7 +29,6 @@ import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
 from ml.errors import BadInputError, InfrastructureError, IntegrityError, NotFoundError
-from ml.model import predict
 from ml.settings import DEFAULT_MODEL_NAME
 
 #: One plausible record every loaded model must be able to score.
@@ -206,6 +205,8 @@ class ModelRegistry:
                 f"({len(artifact)} bytes, sha256 {digest[:12]}…; metadata says "
                 f"{metadata.get('size_bytes')} bytes, sha256 {str(metadata.get('sha256'))[:12]}…)"
             )
+        from ml.model import predict  # scikit-learn: only loading needs it, not listing or inspecting
+
         try:
             pipeline = joblib.load(io.BytesIO(artifact))
             # Verified bytes can still be a model this code can't run (pickled by an older version):
