@@ -62,7 +62,7 @@ def single_process(frame: pd.DataFrame, pipeline: Any, partition_rows: int) -> f
 def on_dask(files: list[str], pipeline: Any, workers: int) -> tuple[float, float, int]:
     """(seconds, max worker peak RSS in MB, rows) for the prediction stage on a fresh cluster."""
     with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)
