@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -177,14 +177,20 @@ class CompiledFeatures:
         return matrix.tocsr()
 
     def _one_hot(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
-        """Output columns of each distinct pair; unseen pairs go through the fitted encoder once."""
-        missing = sorted(set(pairs) - self._pairs.keys())
-        if missing:
-            if len(self._pairs) + len(missing) > self.CACHE_SIZE:
-                self._pairs = {}
-            encoded = self._encoder.transform(pd.DataFrame(missing, columns=self._encoder.feature_names_in_)).tocsr()
-            for i, pair in enumerate(missing):
-                self._pairs[pair] = (
-                    encoded.indices[encoded.indptr[i] : encoded.indptr[i + 1]] + self._categorical_offset
-                )
-        return {pair: self._pairs[pair] for pair in set(pairs)}
+        """Output columns of each distinct pair; unseen pairs go through the fitted encoder once.
+
+        Safe when Dask worker threads share one model: lookups never assume what another call cached.
+        """
+        known = {pair: self._pairs.get(pair) for pair in set(pairs)}
+        missing = sorted(pair for pair, found in known.items() if found is None)
+        if not missing:
+            return cast(dict[tuple[str, str], np.ndarray], known)
+        encoded = self._encoder.transform(pd.DataFrame(missing, columns=self._encoder.feature_names_in_)).tocsr()
+        new = {
+            pair: encoded.indices[encoded.indptr[i] : encoded.indptr[i + 1]] + self._categorical_offset
+            for i, pair in enumerate(missing)
+        }
+        if len(self._pairs) + len(new) > self.CACHE_SIZE:
+            self._pairs = {}
+        self._pairs.update(new)
+        return cast(dict[tuple[str, str], np.ndarray], {**known, **new})

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from ml import schema
 from ml.features import CompiledFeatures, is_validation, log_cost, normalise_column, normalise_text
+from ml.model import build_pipeline
 
 
 def test_normalisation_keeps_size_punctuation_and_drops_noise() -> None:
@@ -70,3 +73,29 @@ def test_compiled_features_cache_of_contract_department_pairs_is_bounded(
         chunk[schema.CONTRACT] = [f"contract {start + i}" for i in range(len(chunk))]
         assert abs(compiled.transform(chunk) - trained_model.pipeline[0].transform(chunk)).max() < 1e-6
         assert len(compiled._pairs) <= 10
+
+
+def test_compiled_features_shared_by_threads_stay_exact(
+    purchases_sample: pd.DataFrame, trained_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask workers with several threads share one model: cache resets must not break other calls."""
+    monkeypatch.setattr(CompiledFeatures, "CACHE_SIZE", 3)
+    compiled = CompiledFeatures(trained_model.pipeline[0])
+    frame = _odd_records(purchases_sample)
+    chunks = []
+    for start in range(0, 200, 10):
+        chunk = frame.iloc[start : start + 10].copy()
+        chunk[schema.CONTRACT] = [f"contract {(start + i) % 7}" for i in range(len(chunk))]
+        chunks.append(chunk)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(compiled.transform, chunks * 5))
+    for chunk, result in zip(chunks * 5, results, strict=True):
+        assert abs(result - trained_model.pipeline[0].transform(chunk)).max() < 1e-6
+
+
+def test_compiled_features_refuse_a_layout_they_do_not_reproduce(purchases_sample: pd.DataFrame) -> None:
+    frame = schema.coerce(purchases_sample.head(300), labeled=True)
+    plain_tf = build_pipeline({"features__description__featureunion__words__sublinear_tf": False})
+    plain_tf.fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY])
+    with pytest.raises(ValueError, match="unsupported text features"):
+        CompiledFeatures(plain_tf[0])
