@@ -20,7 +20,8 @@ from ml.calibration import SVM_TOLERANCE, TemperatureScaledSVC
 from ml.features import CompiledFeatures, build_preprocessor, normalise_column
 from ml.schema import CATEGORY, DESCRIPTION, FEATURE_COLUMNS
 
-#: The final model's parameters when no search is run (the search's usual winner on the shipped data).
+#: The final model's parameters when no search is run (the best full-data fit measured by
+#: bench/training.py on the shipped data's split; a search on a sample may pick others).
 DEFAULT_PARAMS: dict[str, Any] = {
     "features__description__featureunion__chars__ngram_range": (2, 4),
     "classifier__C": 0.5,

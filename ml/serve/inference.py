@@ -1,4 +1,4 @@
-"""Records in, predictions out: one DataFrame and one model call per batch, not per request.
+"""Records in, predictions out: one model call per batch, not per request.
 
 Requests hand over plain column lists (no pandas anywhere on this path); the batch concatenates
 them into one set of columns for :func:`ml.model.predict` and splits the results back in order.
