@@ -49,6 +49,16 @@ def _odd_records(sample: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _chunks_with_contracts(frame: pd.DataFrame, rows: int, distinct_contracts: int) -> list[pd.DataFrame]:
+    """The first ``rows`` rows in chunks of 10, row ``i`` under contract ``i % distinct_contracts``."""
+    chunks = []
+    for start in range(0, rows, 10):
+        chunk = frame.iloc[start : start + 10].copy()
+        chunk[schema.CONTRACT] = [f"contract {(start + i) % distinct_contracts}" for i in range(len(chunk))]
+        chunks.append(chunk)
+    return chunks
+
+
 def test_compiled_features_equal_the_pipelines_own_transform(purchases_sample: pd.DataFrame, trained_model) -> None:
     frame = _odd_records(purchases_sample)
     expected = trained_model.pipeline[0].transform(frame)
@@ -68,9 +78,7 @@ def test_compiled_features_cache_of_contract_department_pairs_is_bounded(
     monkeypatch.setattr(CompiledFeatures, "CACHE_SIZE", 8)
     compiled = CompiledFeatures(trained_model.pipeline[0])
     frame = _odd_records(purchases_sample)
-    for start in range(0, 60, 10):
-        chunk = frame.iloc[start : start + 10].copy()
-        chunk[schema.CONTRACT] = [f"contract {start + i}" for i in range(len(chunk))]
+    for chunk in _chunks_with_contracts(frame, rows=60, distinct_contracts=60):
         assert abs(compiled.transform(chunk) - trained_model.pipeline[0].transform(chunk)).max() < 1e-6
         assert len(compiled._pairs) <= 10
 
@@ -82,11 +90,7 @@ def test_compiled_features_shared_by_threads_stay_exact(
     monkeypatch.setattr(CompiledFeatures, "CACHE_SIZE", 3)
     compiled = CompiledFeatures(trained_model.pipeline[0])
     frame = _odd_records(purchases_sample)
-    chunks = []
-    for start in range(0, 200, 10):
-        chunk = frame.iloc[start : start + 10].copy()
-        chunk[schema.CONTRACT] = [f"contract {(start + i) % 7}" for i in range(len(chunk))]
-        chunks.append(chunk)
+    chunks = _chunks_with_contracts(frame, rows=200, distinct_contracts=7)
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(compiled.transform, chunks * 5))
     for chunk, result in zip(chunks * 5, results, strict=True):
