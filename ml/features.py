@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from joblib import parallel_config
 from scipy import sparse
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -62,7 +63,28 @@ def log_cost(values: pd.DataFrame | np.ndarray) -> np.ndarray:
     return np.hstack([np.log1p(np.where(missing, 0.0, np.clip(cost, 0, None))), missing.astype("float64")])
 
 
-def build_preprocessor(*, char_ngram_max: int = 5, word_ngram_max: int = 2, min_df: int = 1) -> ColumnTransformer:
+class SequentialColumnTransformer(ColumnTransformer):
+    """A ``ColumnTransformer`` whose parts always run one after the other, in this process.
+
+    The search and the final fit run inside joblib's Dask backend, which hands *every* nested
+    ``Parallel`` call to the cluster whatever its ``n_jobs`` (and a Dask task runs its nested calls
+    under that backend too). Left alone, each part's fit and transform became a small Dask task
+    that shipped the rows back and forth and piled onto workers already busy with a fit: the
+    search's fits ran three times slower on a worker than in one process.
+    """
+
+    def fit_transform(self, X: Any, y: Any = None, **params: Any) -> Any:
+        with parallel_config(backend="sequential"):
+            return super().fit_transform(X, y, **params)
+
+    def transform(self, X: Any, **params: Any) -> Any:
+        with parallel_config(backend="sequential"):
+            return super().transform(X, **params)
+
+
+def build_preprocessor(
+    *, char_ngram_max: int = 5, word_ngram_max: int = 2, min_df: int = 1
+) -> SequentialColumnTransformer:
     """The column transformer shared by training and serving (it is part of the pickled model)."""
     description = make_pipeline(
         FunctionTransformer(normalise_column, feature_names_out="one-to-one"),
@@ -95,7 +117,7 @@ def build_preprocessor(*, char_ngram_max: int = 5, word_ngram_max: int = 2, min_
     )
     categorical = OneHotEncoder(handle_unknown="ignore", min_frequency=5)
     cost = make_pipeline(FunctionTransformer(log_cost), StandardScaler())
-    return ColumnTransformer(
+    return SequentialColumnTransformer(
         [
             ("description", description, DESCRIPTION),
             ("categorical", categorical, [CONTRACT, DEPARTMENT]),
