@@ -106,12 +106,10 @@ def test_dask_gets_whole_fits_and_svm_blocks_never_preprocessing_steps(
     """joblib's Dask backend sends every nested ``Parallel`` call to the cluster whatever its n_jobs;
     the column transformer's steps must stay inside the fit that needs them, not become tasks."""
     dask_processes.start(n_workers=2)  # with one worker thread in all, joblib would not use Dask at all
-    with Client(dask_processes.address) as client:
-        client.get_task_stream()  # installs the scheduler's task-stream plugin (no dashboard here)
-        with get_task_stream(client) as stream:
-            search(client, purchases_sample, folds=2)
-            with joblib.parallel_backend("dask", client=client):
-                fit_model(purchases_sample, n_jobs=-1)
+    with Client(dask_processes.address) as client, get_task_stream(client) as stream:
+        search(client, purchases_sample, folds=2)
+        with joblib.parallel_backend("dask", client=client):
+            fit_model(purchases_sample, n_jobs=-1)
     # joblib names a task after the function it batches: batch_of_<function>_<n>_calls-<token>
     functions = {re.fullmatch(r"batch_of_(\w+?)_\d+_calls-\w+", task["key"]).group(1) for task in stream.data}
     assert functions == {"_fit_and_score", "fit_one_vs_rest_block"}
