@@ -76,13 +76,19 @@ def redrawn_split(descriptions: pd.Series, draw: int) -> np.ndarray:
     return is_validation(f"SPLIT{draw} " + descriptions.fillna(""))
 
 
+def baseline_and_project(train: pd.DataFrame, validation: pd.DataFrame) -> list[dict[str, object]]:
+    """The baseline and this model, each fitted in one process on ``train``, scored on ``validation``."""
+    return [
+        scored("baseline, one process", lambda: baseline().fit(train, train.category), validation),
+        scored("project final fit, one process", lambda: fit_model(train), validation),
+    ]
+
+
 def gain_on_split(frame: pd.DataFrame, mask: np.ndarray) -> dict[str, object]:
     """Baseline against this model (one process) on one train/validation split."""
-    train, validation = frame[~mask], frame[mask]
-    base = scored("baseline", lambda: baseline().fit(train, train.category), validation)
-    project = scored("project", lambda: fit_model(train), validation)
+    base, project = baseline_and_project(frame[~mask], frame[mask])
     return {
-        "validation rows": len(validation),
+        "validation rows": int(mask.sum()),
         "baseline accuracy": base["accuracy"],
         "baseline macro-F1": base["macro_f1"],
         "project accuracy": project["accuracy"],
@@ -132,8 +138,7 @@ def main() -> None:
                 return fit_model(train, n_jobs=-1)
 
         rows = [
-            scored("baseline, one process", lambda: baseline().fit(train, train.category), validation),
-            scored("project final fit, one process", lambda: fit_model(train), validation),
+            *baseline_and_project(train, validation),
             scored("project final fit, 2-worker Dask (as ml train)", on_dask, validation),
         ]
         print(pd.DataFrame(rows).to_string(index=False))
