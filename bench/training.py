@@ -13,7 +13,7 @@ Everything is measured side by side in one run, on the shipped data's own hash s
    against the same search on a 2-worker local Dask cluster through joblib's Dask backend.
 
 One split is one draw of which descriptions are unseen, and macro-F1 over rare categories moves
-with the draw. ``--extra-splits N`` (default 2) repeats the quality comparison of 1 and 2 (one
+with the draw. ``--extra-splits N`` (default 4) repeats the quality comparison of 1 and 2 (one
 process) on N other hash splits, so a gain can be told apart from the luck of one split.
 """
 
@@ -121,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--search-rows", type=int, default=12_000, help="rows for the search timing")
-    parser.add_argument("--extra-splits", type=int, default=2, help="other hash splits for the quality comparison")
+    parser.add_argument("--extra-splits", type=int, default=4, help="other hash splits for the quality comparison")
     args = parser.parse_args()
 
     frame = schema.coerce(schema.read_records(str(DATA)), labeled=True)

@@ -2,7 +2,10 @@
 
 Purchase text is abbreviated and noisy (``SUT SILK 3-0 SA74H``), so the description is read as
 character n-grams within words (robust to abbreviations and typos) plus word uni/bigrams (whole
-tokens such as ``SUTURE`` or ``CATH`` are strong signals on their own).
+tokens such as ``SUTURE`` or ``CATH`` are strong signals on their own). Where a word stands counts
+too: chargemaster lines lead with the item's kind (``PT EVAL``, ``CATH``) and often end with its
+form or size, so the first and the last word are features of their own. And a facility prices by
+fee schedule, so the exact price at that facility hints at the category.
 """
 
 from __future__ import annotations
@@ -28,12 +31,22 @@ _NOT_WORD = re.compile(r"[^0-9A-Z/.%+-]+")
 _SPACES = re.compile(r"\s+")
 
 
+#: Weight of the word-position and price one-hot blocks against the unit-length TF-IDF blocks.
+#: At 1.0 a single one-hot column outweighs the description's n-grams and accuracy fell; 0.5 gained
+#: on average over ten hash splits (bench/training.py measures it against the baseline).
+ONE_HOT_WEIGHT = 0.5
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or value != value
+
+
 def normalise_text(text: object) -> str:
     """Upper-case, keep letters, digits and the punctuation that carries meaning in sizes.
 
     A missing value (None, NA, NaN) is the empty text.
     """
-    if text is None or text is pd.NA or text != text:
+    if _missing(text):
         return ""
     return _SPACES.sub(" ", _NOT_WORD.sub(" ", str(text).upper())).strip()
 
@@ -54,6 +67,29 @@ def is_validation(descriptions: pd.Series, share: float = 0.2) -> np.ndarray:
         for text in normalise_column(descriptions)
     ]
     return np.asarray(buckets) < share * 10_000
+
+
+def first_word(text: str) -> list[str]:
+    """The analyzer of the first-word block: the (normalised) description's first word, if any."""
+    return text.split()[:1]
+
+
+def last_word(text: str) -> list[str]:
+    """The analyzer of the last-word block."""
+    return text.split()[-1:]
+
+
+def price_key(department: object, cost: object) -> str:
+    """``department|cost`` of one record, cost to the cent; a missing part reads as empty."""
+    facility = "" if _missing(department) else str(department)
+    price = "" if _missing(cost) else f"{float(cost):.2f}"  # type: ignore[arg-type]
+    return f"{facility}|{price}"
+
+
+def price_keys(values: pd.DataFrame | np.ndarray) -> np.ndarray:
+    """:func:`price_key` of each (department, cost) row, as the one column the encoder reads."""
+    keys = [price_key(department, cost) for department, cost in np.asarray(values, dtype=object)]
+    return np.array(keys, dtype=object).reshape(-1, 1)
 
 
 def log_cost(values: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -112,18 +148,25 @@ def build_preprocessor(
                         dtype=np.float32,
                     ),
                 ),
-            ]
+                # one word per row, so TF-IDF with unit length is a one-hot of the words seen twice
+                ("first_word", TfidfVectorizer(analyzer=first_word, sublinear_tf=True, min_df=2, dtype=np.float32)),
+                ("last_word", TfidfVectorizer(analyzer=last_word, sublinear_tf=True, min_df=2, dtype=np.float32)),
+            ],
+            transformer_weights={"first_word": ONE_HOT_WEIGHT, "last_word": ONE_HOT_WEIGHT},
         ),
     )
     categorical = OneHotEncoder(handle_unknown="ignore", min_frequency=5)
+    price = make_pipeline(FunctionTransformer(price_keys), OneHotEncoder(handle_unknown="ignore", min_frequency=2))
     cost = make_pipeline(FunctionTransformer(log_cost), StandardScaler())
     return SequentialColumnTransformer(
         [
             ("description", description, DESCRIPTION),
             ("categorical", categorical, [CONTRACT, DEPARTMENT]),
+            ("price", price, [DEPARTMENT, COST]),
             ("cost", cost, [COST]),
         ],
         sparse_threshold=1.0,
+        transformer_weights={"price": ONE_HOT_WEIGHT},
     )
 
 
@@ -144,22 +187,35 @@ class CompiledFeatures:
         parts = preprocessor.named_transformers_
         union = parts["description"][-1]
         offset = preprocessor.output_indices_["description"].start
-        self._text: list[tuple[Any, dict[str, int], np.ndarray, int]] = []
-        for _, vectorizer in union.transformer_list:
+        self._text: list[tuple[Any, dict[str, int], np.ndarray, np.float32, int]] = []
+        for name, vectorizer in union.transformer_list:
             if not (vectorizer.sublinear_tf and vectorizer.use_idf and vectorizer.norm == "l2"):
                 raise ValueError(f"unsupported text features {vectorizer!r}")
             idf = vectorizer.idf_.astype(np.float32)
-            self._text.append((vectorizer.build_analyzer(), vectorizer.vocabulary_, idf, offset))
+            scale = np.float32((union.transformer_weights or {}).get(name, 1.0))
+            self._text.append((vectorizer.build_analyzer(), vectorizer.vocabulary_, idf, scale, offset))
             offset += len(idf)
         self._encoder: OneHotEncoder = parts["categorical"]
         self._categorical_offset = preprocessor.output_indices_["categorical"].start
         self._pairs: dict[tuple[str, str], np.ndarray] = {}
+        # models trained before the price block have none; they keep serving until retrained
+        self._prices: dict[str, int] = {}
+        self._price_weight = np.float32((preprocessor.transformer_weights or {}).get("price", 1.0))
+        if "price" in parts and parts["price"] != "drop":
+            keys_step, encoder = parts["price"]
+            if keys_step.func is not price_keys:
+                raise ValueError(f"unsupported price features {keys_step!r}")
+            # every key seen in training has exactly one column (its own or the infrequent one)
+            known = encoder.categories_[0]
+            columns = encoder.transform(known.reshape(-1, 1)).tocsr().indices
+            start = preprocessor.output_indices_["price"].start
+            self._prices = dict(zip(known.tolist(), (columns + start).tolist(), strict=True))
         log_step, scaler = parts["cost"]
         if log_step.func is not log_cost:
             raise ValueError(f"unsupported cost features {log_step!r}")
         self._cost_mean, self._cost_scale = scaler.mean_, scaler.scale_
         self._cost_offset = preprocessor.output_indices_["cost"].start
-        self.n_features = preprocessor.output_indices_["cost"].stop
+        self.n_features = max(indices.stop for indices in preprocessor.output_indices_.values())
 
     def transform(self, records: Any) -> sparse.csr_matrix:
         """Feature matrix of ``records`` (a DataFrame or a mapping of column lists), float32 CSR."""
@@ -168,7 +224,7 @@ class CompiledFeatures:
         rows: list[np.ndarray] = []
         columns: list[np.ndarray] = []
         values: list[np.ndarray] = []
-        for analyzer, vocabulary, idf, offset in self._text:
+        for analyzer, vocabulary, idf, scale, offset in self._text:
             grams = [analyzer(text) for text in descriptions]
             sizes = np.fromiter(map(len, grams), dtype=np.int64, count=n)
             found = np.fromiter(
@@ -182,7 +238,18 @@ class CompiledFeatures:
             norms = np.sqrt(np.bincount(row, weights=weight.astype(np.float64) ** 2, minlength=n))
             rows.append(row)
             columns.append(index + offset)
-            values.append(weight / norms[row].astype(np.float32))
+            values.append(weight / norms[row].astype(np.float32) * scale)
+        price_columns = np.fromiter(
+            (
+                self._prices.get(price_key(department, cost), -1)
+                for department, cost in zip(records[DEPARTMENT], records[COST], strict=True)
+            ),
+            dtype=np.int64,
+            count=n,
+        )
+        rows.append(np.flatnonzero(price_columns >= 0))
+        columns.append(price_columns[price_columns >= 0])
+        values.append(np.full(len(columns[-1]), self._price_weight, dtype=np.float32))
         pairs = list(zip(records[CONTRACT], records[DEPARTMENT], strict=True))
         hot = self._one_hot(pairs)
         sizes = np.fromiter((len(hot[p]) for p in pairs), dtype=np.int64, count=n)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ml import schema
-from ml.features import CompiledFeatures, is_validation, log_cost, normalise_column, normalise_text
+from ml.features import CompiledFeatures, is_validation, log_cost, normalise_column, normalise_text, price_key
 from ml.model import build_pipeline
 
 
@@ -103,3 +103,18 @@ def test_compiled_features_refuse_a_layout_they_do_not_reproduce(purchases_sampl
     plain_tf.fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY])
     with pytest.raises(ValueError, match="unsupported text features"):
         CompiledFeatures(plain_tf[0])
+
+
+def test_price_key_reads_missing_parts_as_empty() -> None:
+    assert price_key("Davie Medical Center", 20) == "Davie Medical Center|20.00"
+    assert price_key(pd.NA, float("nan")) == "|"
+    assert price_key(None, None) == "|"
+
+
+def test_compiled_features_serve_a_model_trained_before_the_price_block(purchases_sample: pd.DataFrame) -> None:
+    frame = schema.coerce(purchases_sample.head(300), labeled=True)
+    without_price = build_pipeline({"features__price": "drop"})
+    without_price.fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY])
+    odd = _odd_records(purchases_sample)
+    expected = without_price[0].transform(odd)
+    assert abs(CompiledFeatures(without_price[0]).transform(odd) - expected).max() < 1e-6
