@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from ml.calibration import SVM_TOLERANCE, TemperatureScaledSVC
-from ml.features import CompiledFeatures, build_preprocessor, normalise_column
+from ml.features import CompiledFeatures, build_preprocessor, category_prototypes, normalise_column
 from ml.schema import CATEGORY, DESCRIPTION, FEATURE_COLUMNS
 
 #: The final model's parameters when no search is run (the best full-data fit measured by
@@ -38,7 +38,8 @@ def build_pipeline(params: dict[str, Any] | None = None, *, calibrated: bool = T
     """A fresh, unfitted pipeline with ``params`` applied (names as in :data:`PARAM_GRID`).
 
     The search scores the plain SVM: the calibrated one predicts with the same SVM trained on
-    the same rows (temperature scaling never changes the arg-max), at a third of the cost.
+    the same rows (temperature scaling never changes the arg-max), at a third of the cost. It has
+    no category-name prior either, whose weight is fixed (:data:`~ml.calibration.PROTOTYPE_WEIGHT`).
     """
     classifier = TemperatureScaledSVC() if calibrated else LinearSVC(tol=SVM_TOLERANCE, random_state=0)
     pipeline = Pipeline([("features", build_preprocessor(min_df=2)), ("classifier", classifier)])
@@ -48,11 +49,16 @@ def build_pipeline(params: dict[str, Any] | None = None, *, calibrated: bool = T
 def fit_model(frame: pd.DataFrame, params: dict[str, Any] | None = None, *, n_jobs: int | None = None) -> Pipeline:
     """Fit the calibrated pipeline on labelled records, calibration folds grouped by description.
 
+    The steps are fitted one after the other because the classifier's category-name prototypes
+    live in the feature space the fitted preprocessor defines.
     ``n_jobs=-1`` inside ``joblib.parallel_backend("dask")`` runs the SVM fits on the Dask workers.
     """
     groups = normalise_column(frame[DESCRIPTION])
     pipeline = build_pipeline(params).set_params(classifier__n_jobs=n_jobs)
-    return pipeline.fit(frame[FEATURE_COLUMNS], frame[CATEGORY], classifier__groups=groups)
+    features = pipeline[0].fit_transform(frame[FEATURE_COLUMNS], frame[CATEGORY])
+    prototypes = category_prototypes(pipeline[0], np.unique(frame[CATEGORY].to_numpy(dtype=object)))
+    pipeline[-1].fit(features, frame[CATEGORY], groups=groups, prototypes=prototypes)
+    return pipeline
 
 
 @dataclass(frozen=True)

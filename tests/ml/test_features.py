@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 
 from ml import schema
-from ml.features import CompiledFeatures, is_validation, log_cost, normalise_column, normalise_text, price_key
+from ml.features import (
+    CompiledFeatures,
+    build_preprocessor,
+    category_prototypes,
+    is_validation,
+    log_cost,
+    normalise_column,
+    normalise_text,
+    price_key,
+)
 from ml.model import build_pipeline
 
 
@@ -118,3 +127,27 @@ def test_compiled_features_serve_a_model_trained_before_the_price_block(purchase
     odd = _odd_records(purchases_sample)
     expected = without_price[0].transform(odd)
     assert abs(CompiledFeatures(without_price[0]).transform(odd) - expected).max() < 1e-6
+
+
+def test_category_prototypes_score_the_character_cosine_of_name_and_description(purchases_sample) -> None:
+    frame = schema.coerce(purchases_sample, labeled=True)[schema.FEATURE_COLUMNS]
+    preprocessor = build_preprocessor(min_df=2).fit(frame)
+    names = np.array(["OTHER IMAGING SERVICES - SCREENING MAMMOGRAPHY", "Laboratory - Chemistry"], dtype=object)
+    prototypes = category_prototypes(preprocessor, names)
+    mammogram = {"description": "SCREENING MAMMOGRAM BILAT", "cost": 135.0, "contract": None, "department": "X"}
+    records = pd.concat([frame.head(40), pd.DataFrame([mammogram])], ignore_index=True)
+    chars = preprocessor.named_transformers_["description"][-1].transformer_list[0][1]
+    cosine = chars.transform(normalise_column(records["description"])) @ chars.transform(normalise_column(names)).T
+    # every other block of the records (department, cost, price, words) is non-zero somewhere, so
+    # a prototype value outside the character block would show here
+    product = preprocessor.transform(records) @ prototypes.T
+    assert abs(product - cosine).max() < 1e-6
+    assert cosine[-1, 0] > 0.3 and cosine[-1, 0] > 3 * cosine[-1, 1]
+    np.testing.assert_allclose(np.sqrt(prototypes.multiply(prototypes).sum(axis=1)).A1, 1.0, rtol=1e-5)
+
+
+def test_category_prototypes_refuse_a_weighted_character_block(purchases_sample: pd.DataFrame) -> None:
+    frame = schema.coerce(purchases_sample.head(300), labeled=True)[schema.FEATURE_COLUMNS]
+    weighted = build_preprocessor(min_df=2).set_params(description__featureunion__transformer_weights={"chars": 2.0})
+    with pytest.raises(ValueError, match="unweighted character block"):
+        category_prototypes(weighted.fit(frame), ["LABORATORY - CHEMISTRY"])

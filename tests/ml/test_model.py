@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ml import schema
-from ml.calibration import fit_temperature
+from ml.calibration import PROTOTYPE_WEIGHT, TemperatureScaledSVC, fit_temperature
+from ml.features import category_prototypes
 from ml.model import fit_model, predict
 
 
@@ -66,3 +68,29 @@ def test_category_blocks_train_the_same_one_vs_rest_problems(purchases_sample: p
     plain = LinearSVC(C=0.5, tol=1e-4).fit(X, y)
     assert np.allclose(blocked.decision_function(X), plain.decision_function(X), atol=1e-3)
     assert (blocked.predict(X) == plain.predict(X)).all()
+
+
+def test_category_name_prior_adds_the_names_similarity_to_every_score(purchases_sample: pd.DataFrame) -> None:
+    frame = schema.coerce(purchases_sample.head(600), labeled=True)
+    with_prior = fit_model(frame)
+    without = fit_model(frame, {"classifier__prototype_weight": 0.0})
+    X = with_prior[0].transform(frame[schema.FEATURE_COLUMNS])
+    similarity = (X @ category_prototypes(with_prior[0], with_prior.classes_).T).toarray()
+    difference = with_prior[-1].decision_function(X) - without[-1].decision_function(X)
+    np.testing.assert_allclose(difference, PROTOTYPE_WEIGHT * similarity, atol=1e-4)
+    assert similarity.max() > 0.3
+    # the temperature was fitted on the scores with the prior, so it differs
+    assert with_prior[-1].temperature_ != without[-1].temperature_
+
+
+def test_prototypes_of_the_wrong_shape_are_refused(purchases_sample: pd.DataFrame) -> None:
+    from scipy import sparse
+
+    from ml.features import build_preprocessor
+
+    frame = schema.coerce(purchases_sample.head(300), labeled=True)
+    X = build_preprocessor(min_df=2).fit_transform(frame)
+    y = frame["category"].to_numpy()
+    wrong = sparse.csr_matrix((len(np.unique(y)) - 1, X.shape[1]))
+    with pytest.raises(ValueError, match="one row per category"):
+        TemperatureScaledSVC().fit(X, y, prototypes=wrong)
