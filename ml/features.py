@@ -186,10 +186,10 @@ def category_prototypes(preprocessor: ColumnTransformer, categories: Any) -> spa
     """
     check_is_fitted(preprocessor)
     union = preprocessor.named_transformers_["description"][-1]
-    chars_at = [name for name, _ in union.transformer_list].index("chars")
-    if chars_at != 0 or (union.transformer_weights or {}).get("chars", 1.0) != 1.0:
+    name, chars = union.transformer_list[0]
+    if name != "chars" or (union.transformer_weights or {}).get(name, 1.0) != 1.0:
         raise ValueError("category prototypes need the unweighted character block first in the description's features")
-    grams = union.transformer_list[0][1].transform(normalise_column(np.asarray(categories, dtype=object)))
+    grams = chars.transform(normalise_column(np.asarray(categories, dtype=object)))
     start = preprocessor.output_indices_["description"].start
     n_features = max(indices.stop for indices in preprocessor.output_indices_.values())
     grams = grams.tocoo()
