@@ -191,11 +191,17 @@ def category_prototypes(preprocessor: ColumnTransformer, categories: Any) -> spa
         raise ValueError("category prototypes need the unweighted character block first in the description's features")
     grams = chars.transform(normalise_column(np.asarray(categories, dtype=object)))
     start = preprocessor.output_indices_["description"].start
-    n_features = max(indices.stop for indices in preprocessor.output_indices_.values())
     grams = grams.tocoo()
     return sparse.csr_matrix(
-        (grams.data, (grams.row, grams.col + start)), shape=(grams.shape[0], n_features), dtype=np.float32
+        (grams.data, (grams.row, grams.col + start)),
+        shape=(grams.shape[0], output_width(preprocessor)),
+        dtype=np.float32,
     )
+
+
+def output_width(preprocessor: ColumnTransformer) -> int:
+    """Width of a fitted preprocessor's output."""
+    return max(indices.stop for indices in preprocessor.output_indices_.values())
 
 
 class CompiledFeatures:
@@ -243,7 +249,7 @@ class CompiledFeatures:
             raise ValueError(f"unsupported cost features {log_step!r}")
         self._cost_mean, self._cost_scale = scaler.mean_, scaler.scale_
         self._cost_offset = preprocessor.output_indices_["cost"].start
-        self.n_features = max(indices.stop for indices in preprocessor.output_indices_.values())
+        self.n_features = output_width(preprocessor)
 
     def transform(self, records: Any) -> sparse.csr_matrix:
         """Feature matrix of ``records`` (a DataFrame or a mapping of column lists), float32 CSR."""
