@@ -3,10 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
+from sklearn.svm import LinearSVC
 
 from ml import schema
 from ml.calibration import PROTOTYPE_WEIGHT, TemperatureScaledSVC, fit_temperature
-from ml.features import category_prototypes
+from ml.features import build_preprocessor, category_prototypes
 from ml.model import fit_model, predict
 
 
@@ -56,11 +58,6 @@ def test_temperature_sharpens_underconfident_scores() -> None:
 
 def test_category_blocks_train_the_same_one_vs_rest_problems(purchases_sample: pd.DataFrame) -> None:
     """Splitting the categories into parallel blocks must not change the model."""
-    from sklearn.svm import LinearSVC
-
-    from ml.calibration import TemperatureScaledSVC
-    from ml.features import build_preprocessor
-
     frame = schema.coerce(purchases_sample, labeled=True)
     X = build_preprocessor(min_df=2).fit_transform(frame)
     y = frame["category"].to_numpy()
@@ -84,10 +81,6 @@ def test_category_name_prior_adds_the_names_similarity_to_every_score(purchases_
 
 
 def test_prototypes_of_the_wrong_shape_are_refused(purchases_sample: pd.DataFrame) -> None:
-    from scipy import sparse
-
-    from ml.features import build_preprocessor
-
     frame = schema.coerce(purchases_sample.head(300), labeled=True)
     X = build_preprocessor(min_df=2).fit_transform(frame)
     y = frame["category"].to_numpy()
