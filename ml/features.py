@@ -189,9 +189,8 @@ def category_prototypes(preprocessor: ColumnTransformer, categories: Any) -> spa
     name, chars = union.transformer_list[0]
     if name != "chars" or (union.transformer_weights or {}).get(name, 1.0) != 1.0:
         raise ValueError("category prototypes need the unweighted character block first in the description's features")
-    grams = chars.transform(normalise_column(np.asarray(categories, dtype=object)))
+    grams = chars.transform(normalise_column(np.asarray(categories, dtype=object))).tocoo()
     start = preprocessor.output_indices_["description"].start
-    grams = grams.tocoo()
     return sparse.csr_matrix(
         (grams.data, (grams.row, grams.col + start)),
         shape=(grams.shape[0], output_width(preprocessor)),
