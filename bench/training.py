@@ -42,7 +42,7 @@ from ml.features import is_validation, normalise_column
 from ml.model import PARAM_GRID, build_pipeline, fit_model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "purchases_labeled.csv.gz"
-#: Model choices are compared on re-drawn splits numbered below this (so far draws 1–41 were used);
+#: Model choices are compared on re-drawn splits numbered below this (so far draws 1–73 were used);
 #: the benchmark's extra splits start here, so no choice has seen them.
 HELD_OUT_DRAWS = 1000
 

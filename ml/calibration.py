@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from joblib import Parallel, delayed
 from scipy import sparse
 from scipy.optimize import minimize_scalar
@@ -159,11 +160,11 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
 
     def _calibration_rows(self, groups: np.ndarray) -> np.ndarray:
         """Rows of a random sample of whole groups, at most ``calibration_rows`` of them."""
-        unique = np.random.default_rng(0).permutation(np.unique(groups))
-        sizes = np.unique(groups, return_counts=True)
-        per_group = dict(zip(sizes[0], sizes[1], strict=True))
-        kept = unique[np.cumsum([per_group[g] for g in unique]) <= self.calibration_rows]
-        return np.flatnonzero(np.isin(groups, kept))
+        rows_per_group = pd.Series(groups).value_counts()
+        shuffled = np.random.default_rng(0).permutation(np.unique(groups))
+        kept = shuffled[np.cumsum(rows_per_group.loc[shuffled].to_numpy()) <= self.calibration_rows]
+        # a hash lookup: np.isin sorts object arrays, which took ~1 s of every full fit
+        return np.flatnonzero(pd.Series(groups).isin(kept))
 
     def _blocks(self, y: np.ndarray) -> list[np.ndarray]:
         """Categories dealt round-robin by frequency, so blocks take about equally long."""

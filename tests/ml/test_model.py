@@ -56,6 +56,16 @@ def test_temperature_sharpens_underconfident_scores() -> None:
     assert fit_temperature(scores, labels) < 0.2
 
 
+def test_calibration_sample_keeps_descriptions_whole_and_under_the_cap() -> None:
+    """Duplicates of one description must never straddle calibration folds, so groups stay whole."""
+    groups = np.array([f"TEXT {i % 700}" for i in range(3000)], dtype=object)  # 700 texts, 4-5 rows each
+    rows = TemperatureScaledSVC(calibration_rows=1000)._calibration_rows(groups)
+    assert 990 < len(rows) <= 1000
+    chosen = set(groups[rows])
+    assert len(rows) == np.isin(groups, list(chosen)).sum()  # every row of a chosen text, none of the others
+    assert len(TemperatureScaledSVC(calibration_rows=5000)._calibration_rows(groups)) == 3000
+
+
 def test_category_blocks_train_the_same_one_vs_rest_problems(purchases_sample: pd.DataFrame) -> None:
     """Splitting the categories into parallel blocks must not change the model."""
     frame = schema.coerce(purchases_sample, labeled=True)
