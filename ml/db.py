@@ -251,7 +251,7 @@ def _init_command(args: argparse.Namespace) -> int:
 
 
 def _seed_command(args: argparse.Namespace) -> int:
-    frame = schema.read_records(args.data)
+    frame = schema.read_records(args.data, encoding=args.encoding)
     engine = create_db_engine(args.database_url)
     init_db(engine)
     counts = seed(engine, frame, unlabeled_share=args.unlabeled_share)
@@ -271,6 +271,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     seed_parser = commands.add_parser("seed", help="create the tables and load a purchases file (CSV/parquet)")
     seed_parser.add_argument("--data", required=True, help="file with id, description, cost, contract, ...")
+    schema.add_encoding_argument(seed_parser)
     add_database_argument(seed_parser)
     seed_parser.add_argument(
         "--unlabeled-share",

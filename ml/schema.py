@@ -6,6 +6,8 @@ caller decides (training refuses data whose bad share exceeds a limit; refresh e
 
 from __future__ import annotations
 
+import argparse
+import codecs
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,9 +61,23 @@ class ValidationReport:
         return {"n_rows": self.n_rows, "n_bad": self.n_bad, "bad": self.bad}
 
 
-def read_records(path: str, storage_options: dict[str, object] | None = None) -> pd.DataFrame:
-    """Read a CSV or parquet file (local path or any fsspec URL) with the schema's dtypes."""
+#: Text encoding of CSV input unless ``--encoding`` says otherwise.
+DEFAULT_ENCODING = "utf-8"
+
+
+def read_records(
+    path: str, storage_options: dict[str, object] | None = None, encoding: str = DEFAULT_ENCODING
+) -> pd.DataFrame:
+    """Read a CSV (in ``encoding``) or parquet file (local path or any fsspec URL) with the schema's dtypes.
+
+    Hospital exports are often Windows-1252 or Latin-1: a file that is not valid ``encoding`` is
+    refused with the option to pass, never read with replacement characters.
+    """
     lower = path.lower()
+    try:
+        codecs.lookup(encoding)
+    except LookupError as exc:
+        raise BadInputError(f"unknown encoding {encoding!r} (--encoding); e.g. utf-8, cp1252, latin-1") from exc
     try:
         if lower.endswith((".parquet", ".pq")) or lower.rstrip("/").endswith(("/", "parquet")):
             frame = pd.read_parquet(path, storage_options=storage_options)
@@ -72,12 +88,28 @@ def read_records(path: str, storage_options: dict[str, object] | None = None) ->
                 keep_default_na=False,
                 na_values={COST: ["", "NA", "NaN", "nan"]},
                 storage_options=storage_options,
+                encoding=encoding,
+                encoding_errors="strict",
             )
     except FileNotFoundError as exc:
         raise BadInputError(f"data file not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInputError(
+            f"cannot read {path} as {encoding} text ({exc}); pass the file's encoding with --encoding, "
+            "e.g. --encoding cp1252 for Windows exports or --encoding latin-1"
+        ) from exc
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         raise BadInputError(f"cannot read {path}: {exc}") from exc
     return frame
+
+
+def add_encoding_argument(parser: argparse.ArgumentParser) -> None:
+    """``--encoding`` for every command that reads a records file."""
+    parser.add_argument(
+        "--encoding",
+        default=DEFAULT_ENCODING,
+        help=f"text encoding of CSV input (default {DEFAULT_ENCODING}; hospital exports are often cp1252 or latin-1)",
+    )
 
 
 def coerce(frame: pd.DataFrame, *, labeled: bool) -> pd.DataFrame:

@@ -84,7 +84,7 @@ def registry_for(model: str, name: str) -> tuple[ModelRegistry, str]:
 def run(args: argparse.Namespace) -> int:
     registry, version = registry_for(args.model, args.model_name)
     loaded = registry.load(args.version or version)
-    frame, report = schema.clean(schema.read_records(args.data), labeled=True, max_bad_share=args.max_bad_share)
+    frame, report = schema.clean(schema.read_records(args.data, encoding=args.encoding), labeled=True, max_bad_share=args.max_bad_share)
     predicted = loaded.pipeline.predict(frame[schema.FEATURE_COLUMNS])
     result = metrics(frame[schema.CATEGORY].to_numpy(), predicted)
     plot = plot_confusion(
@@ -114,6 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_model_name_argument(parser)
     parser.add_argument("--version", help="version to evaluate (default: LATEST or the one in --model)")
     parser.add_argument("--data", required=True, help="labelled CSV or parquet (path or URL)")
+    schema.add_encoding_argument(parser)
     parser.add_argument("--plot", help="where to write the confusion-matrix PNG")
     parser.add_argument("--max-bad-share", type=float, default=0.05, help="refuse above this share of bad rows")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         raw, manifest = load_snapshot(args.store, args.snapshot)
         source, snapshot = f"{args.store} snapshot", str(manifest.get("snapshot_id", args.snapshot))
     else:
-        raw, source, snapshot = schema.read_records(args.data), args.data, None
+        raw, source, snapshot = schema.read_records(args.data, encoding=args.encoding), args.data, None
     result = train(
         raw,
         store=args.store,
@@ -223,6 +223,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="labelled CSV or parquet: a path or any fsspec URL")
     data.add_argument("--snapshot", help="a training snapshot id in the store, or 'latest'")
+    schema.add_encoding_argument(parser)
     add_store_argument(parser)
     add_model_name_argument(parser)
     parser.add_argument("--max-bad-share", type=float, default=0.05, help="refuse data above this bad-row share")

@@ -76,3 +76,18 @@ def test_cli_init_and_seed(tmp_path: Path, purchases_sample: pd.DataFrame, capsy
     assert main(["db", "seed", "--data", str(data), "--database-url", url, "--unlabeled-share", "0.5"]) == 0
     assert "100 purchases" in capsys.readouterr().out
     assert main(["db", "seed", "--data", str(tmp_path / "missing.csv"), "--database-url", url]) == ExitCode.BAD_INPUT
+
+
+def test_cli_seed_reads_a_windows_1252_export_with_encoding(tmp_path: Path, purchases_sample: pd.DataFrame) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    data = tmp_path / "export.csv"
+    sample = purchases_sample.iloc[:20].copy()
+    sample.loc[sample.index[0], "description"] = "PLATE Ø3.5 – LOCKING"
+    sample.to_csv(data, index=False, encoding="cp1252")
+
+    assert main(["db", "seed", "--data", str(data), "--database-url", url]) == ExitCode.BAD_INPUT
+    assert main(["db", "seed", "--data", str(data), "--database-url", url, "--encoding", "cp1252"]) == ExitCode.OK
+    with db.create_db_engine(url).connect() as connection:
+        query = sa.text("SELECT description FROM purchases WHERE id = :id")
+        stored = connection.execute(query, {"id": sample.iloc[0]["id"]})
+        assert stored.scalar_one() == "PLATE Ø3.5 – LOCKING"

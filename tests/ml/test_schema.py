@@ -63,3 +63,17 @@ def test_missing_required_column_names_it() -> None:
 def test_unreadable_file_is_bad_input(tmp_path) -> None:
     with pytest.raises(BadInputError, match="not found"):
         schema.read_records(str(tmp_path / "nope.csv"))
+
+
+def test_windows_1252_export_is_refused_naming_the_option_then_read_with_it(tmp_path) -> None:
+    path = tmp_path / "export.csv"
+    # "Ø" (diameter) and an en dash: bytes 0xD8 and 0x96 in Windows-1252, invalid as UTF-8
+    raw(description=["SCREW Ø4.5 – 40MM", "CATH FOLEY 16FR", "GLOVE NITRILE", "IV SET"]).to_csv(
+        path, index=False, encoding="cp1252"
+    )
+    with pytest.raises(BadInputError, match=r"as utf-8 text.*--encoding cp1252"):
+        schema.read_records(str(path))
+    frame = schema.read_records(str(path), encoding="cp1252")
+    assert frame["description"][0] == "SCREW Ø4.5 – 40MM"
+    with pytest.raises(BadInputError, match="unknown encoding 'klingon'"):
+        schema.read_records(str(path), encoding="klingon")
