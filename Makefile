@@ -28,6 +28,7 @@ lint: env
 	$(VENV)/bin/mypy ml infra policy
 
 test: lint
+	scripts/install-registry
 	$(VENV)/bin/pytest -q
 
 demo: env

@@ -1,18 +1,29 @@
-"""Promote the classifier image digest from one stack file to the next (principle 1).
+"""Promote the classifier image from one stack to the next: the image first, then its digest (principle 1).
 
-Prod must run the bytes staging ran, so promotion copies exactly one value, the top-level
-``purchase-classifier:imageDigest`` of ``Pulumi.<from>.yaml``, into ``Pulumi.<to>.yaml`` and nothing
-else: node sizes, CIDRs and schedules are environment-specific and stay where they are. The stack
-files are edited with ruamel.yaml's round-trip mode so their comments, key order, quoting and flow
-style survive and the commit diff is the one changed line a reviewer needs to see.
+Prod must run the bytes staging ran. Every stack lives in its own AWS account and pulls from its own
+registry, so promotion does two things, in this order:
+
+1. **the image**: make sure the target stack's registry holds the source digest, copying it registry to
+   registry when it is absent (:mod:`infra.oci`), then check that the target serves that exact digest
+   (manifest bytes and every blob). A digest the target cannot serve is refused and nothing is written;
+2. **the digest**: copy exactly one value, the top-level ``purchase-classifier:imageDigest`` of
+   ``Pulumi.<from>.yaml``, into ``Pulumi.<to>.yaml`` and nothing else: node sizes, CIDRs and schedules
+   are environment-specific and stay where they are. The stack files are edited with ruamel.yaml's
+   round-trip mode so their comments, key order, quoting and flow style survive and the commit diff
+   is the one changed line a reviewer needs to see.
+
+A stack's registry is ``purchase-classifier:registry`` when set (existing clusters), else its ECR
+repository ``<account>.dkr.ecr.<aws:region>.amazonaws.com/<ecr.repositoryName>``, the account being the
+first of ``aws:allowedAccountIds``. Registry credentials: see :mod:`infra.oci`.
 
 The same module sets a digest given on the command line (``--digest``): that is how CI records a
 freshly built image in the dev stack and how an operator rolls back by promoting the previous digest.
+The target's registry must serve that digest too.
 
 Usage::
 
-    python -m infra promote --from dev --to staging          # copy, print the change
-    python -m infra promote --from staging --to prod --check # exit 1 when they differ (CI)
+    python -m infra promote --from dev --to staging          # copy the image, then the digest
+    python -m infra promote --from staging --to prod --check # files only: exit 1 when they differ
     python -m infra promote --digest sha256:<hex> --to dev   # record a build / roll back
 
 ``python -m infra.promote ...`` works the same without the ``infra`` command dispatcher.
@@ -27,12 +38,14 @@ import re
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
+
+from infra.oci import CopyResult, RegistryError, Repository, check_serves, copy_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "purchase-classifier"
@@ -58,15 +71,29 @@ class Change:
     path: Path
     old: str
     new: str
+    registry: Repository | None = None
+    """The target registry checked to serve ``new`` (``None`` for a files-only ``--check``)."""
+    copied: CopyResult | None = None
+    """What was copied into ``registry``; nothing when it already held the image."""
 
     @property
     def changed(self) -> bool:
         return self.old != self.new
 
     def describe(self) -> str:
+        lines = []
+        if self.copied is not None and self.copied.manifests:
+            lines.append(
+                f"{self.stack}: copied {self.new} into {self.registry} "
+                f"({self.copied.blobs} blobs, {self.copied.bytes} bytes)"
+            )
+        elif self.registry is not None:
+            lines.append(f"{self.stack}: {self.registry} already serves {self.new}")
         if not self.changed:
-            return f"{self.stack}: imageDigest already {self.new}; nothing to do"
-        return f"{self.stack}: imageDigest {self.old or '(unset)'} -> {self.new}  ({self.path.name})"
+            lines.append(f"{self.stack}: imageDigest already {self.new}; nothing to do")
+        else:
+            lines.append(f"{self.stack}: imageDigest {self.old or '(unset)'} -> {self.new}  ({self.path.name})")
+        return "\n".join(lines)
 
 
 def _yaml() -> YAML:
@@ -123,6 +150,45 @@ def read_digest(stack: str, root: Path = ROOT) -> str:
     """The stack's digest, '' when unset."""
     _, _, config = _load(stack, root, "the")
     return _digest_of(config)
+
+
+def registry_of(stack: str, root: Path = ROOT, role: str = "the") -> Repository:
+    """The repository ``stack`` pulls its image from (see the module docstring).
+
+    :raises PromotionError: the stack file lacks what names its registry.
+    """
+    path, _, config = _load(stack, root, role)
+    explicit = config.get(f"{PROJECT}:registry")
+    try:
+        if explicit:
+            return Repository.parse(str(explicit))
+        accounts = config.get("aws:allowedAccountIds") or []
+        region = config.get("aws:region")
+        if not accounts or not region:
+            raise PromotionError(
+                f"{path.name} names no registry: set {PROJECT}:registry, or aws:allowedAccountIds and "
+                "aws:region (the stack's ECR repository lives in that account and region)"
+            )
+        name = (config.get(f"{PROJECT}:ecr") or {}).get("repositoryName", PROJECT)
+        return Repository.parse(f"{accounts[0]}.dkr.ecr.{region}.amazonaws.com/{name}")
+    except RegistryError as exc:
+        raise PromotionError(f"{path.name}: {exc}") from exc
+
+
+def ensure_image(source: Repository | None, target: Repository, digest: str, stack: str) -> CopyResult:
+    """Copy ``digest`` from ``source`` into ``target`` when absent (``source=None``: no copy), then
+    refuse unless ``target`` serves it.
+
+    :raises PromotionError: the copy failed or the target does not serve the digest.
+    """
+    try:
+        copied = copy_image(source, target, digest) if source is not None else CopyResult()
+        check_serves(target, digest)
+    except RegistryError as exc:
+        raise PromotionError(
+            f"stack {stack!r} cannot run {digest}: {exc}. Pulumi.{stack}.yaml was not written."
+        ) from exc
+    return copied
 
 
 def _set(config: CommentedMap, digest: str) -> None:
@@ -189,9 +255,12 @@ def set_digest(stack: str, digest: str, root: Path = ROOT, *, dry_run: bool = Fa
 
 
 def promote(source: str, target: str, root: Path = ROOT, *, dry_run: bool = False) -> Change:
-    """Copy the digest of stack ``source`` into stack ``target``.
+    """Copy the image of stack ``source`` into ``target``'s registry, then its digest into ``target``.
 
-    :raises PromotionError: same stack twice, source without a (valid) digest, target missing.
+    ``dry_run`` compares the stack files only (no registry is contacted, nothing is written).
+
+    :raises PromotionError: same stack twice, source without a (valid) digest, target missing, or a
+        target registry that does not serve the digest after the copy (nothing written then).
     """
     if source == target:
         raise PromotionError(f"--from and --to are both {source!r}; promotion needs two stacks")
@@ -203,7 +272,21 @@ def promote(source: str, target: str, root: Path = ROOT, *, dry_run: bool = Fals
             f"Record a build there first (scripts/build-image --stack {source}) or promote into it."
         )
     validate_digest(digest, f"source stack {source!r} {DIGEST_KEY}")
-    return set_digest(target, digest, root, dry_run=dry_run)
+    if dry_run:
+        return set_digest(target, digest, root, dry_run=True)
+    return record(target, digest, root, source_registry=registry_of(source, root))
+
+
+def record(stack: str, digest: str, root: Path = ROOT, *, source_registry: Repository | None = None) -> Change:
+    """Write ``digest`` into ``stack`` once its registry serves it (copied from ``source_registry`` if given).
+
+    :raises PromotionError: malformed digest, missing stack file, or a registry that does not serve it.
+    """
+    validate_digest(digest, "digest")
+    target_registry = registry_of(stack, root, "target")
+    copied = ensure_image(source_registry, target_registry, digest, stack)
+    change = set_digest(stack, digest, root)
+    return replace(change, registry=target_registry, copied=copied)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -219,7 +302,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; exit 0 when the target already has the digest, 1 when it differs",
+        help="compare the stack files only (no registry, nothing written): exit 0 in sync, 1 when they differ",
     )
     parser.add_argument(
         "--root",
@@ -235,7 +318,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``promote`` on the ``python -m infra`` dispatcher (see ``infra/cli.py``)."""
     parser = subparsers.add_parser(
         "promote",
-        help="copy the image digest from one stack file to another",
+        help="copy the image into the next stack's registry, then its digest into that stack file",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     return configure_parser(parser)
@@ -247,7 +330,11 @@ def run(args: argparse.Namespace) -> int:
         if args.source is not None:
             change = promote(args.source, args.target, args.root, dry_run=args.check)
         else:
-            change = set_digest(args.target, args.digest, args.root, dry_run=args.check)
+            change = (
+                set_digest(args.target, args.digest, args.root, dry_run=True)
+                if args.check
+                else record(args.target, args.digest, args.root)
+            )
     except PromotionError as exc:
         print(f"promote: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED

@@ -1,0 +1,257 @@
+"""Copy an image between OCI registries by digest, registry to registry, with no Docker engine.
+
+Promotion (``infra.promote``) uses this to make the next stack's registry hold the exact bytes the
+previous stack ran: every stack lives in its own AWS account and pulls from its own ECR repository,
+so copying only the digest into a stack file would leave that stack with ``ImagePullBackOff``.
+
+The registry protocol is spoken by python-dxf (a small, long-maintained Docker Registry v2 / OCI
+distribution client). What this module adds is the copy order that keeps the target consistent:
+blobs first (config and layers, streamed and checked against their digests), then child manifests
+of an index, then the manifest itself, pushed *by digest* with its original bytes, so the target
+computes the same digest or rejects the push.
+
+Credentials, per registry host, in this order:
+
+1. the standard Docker client config (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``,
+   ``auths.<host>.auth`` = base64 ``user:password``) — what ``aws-actions/amazon-ecr-login`` and
+   ``docker login`` write, which is how a workflow hands over a second account's registry login;
+2. for an ECR host ``<account>.dkr.ecr.<region>.amazonaws.com``: a token from
+   ``ecr:GetAuthorizationToken`` (boto3, the ambient AWS credentials, that account's registry id);
+3. none (anonymous), e.g. a registry on the loopback interface in tests.
+
+Loopback hosts (``localhost``, ``127.0.0.1``, ``[::1]``) are spoken to over plain HTTP, as the
+Docker client does by default; every other host over HTTPS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import requests
+from dxf import DXF, DXFBase
+from dxf.exceptions import DXFError
+
+MANIFEST_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    }
+)
+INDEX_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    }
+)
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+ECR_HOST_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com$")
+_REPOSITORY_RE = re.compile(r"^(?P<host>[A-Za-z0-9.-]+(?::\d+)?|\[::1\](?::\d+)?)/(?P<name>[a-z0-9._/-]+)$")
+TIMEOUT_SECONDS = 60.0
+"""Per request: long enough for a slow layer chunk, short enough that a dead registry fails the run."""
+
+
+class RegistryError(Exception):
+    """A registry could not be reached, refused us, or does not hold what was asked for."""
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One repository in one registry, e.g. ``111122223333.dkr.ecr.eu-west-1.amazonaws.com/purchase-classifier``."""
+
+    host: str
+    name: str
+
+    @classmethod
+    def parse(cls, url: str) -> Repository:
+        """Parse ``host[:port]/name``; a tag or digest in ``url`` is refused (the digest travels separately)."""
+        match = _REPOSITORY_RE.match(url)
+        if not match:
+            raise RegistryError(f"{url!r} is not a repository URL like 'host[:port]/name' (no scheme, tag or digest)")
+        return cls(match["host"], match["name"])
+
+    @property
+    def insecure(self) -> bool:
+        return self.host.rsplit(":", 1)[0] in LOOPBACK_HOSTS or self.host in LOOPBACK_HOSTS
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.name}"
+
+
+def docker_config_path() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+
+
+def _docker_config_login(host: str) -> tuple[str, str] | None:
+    path = docker_config_path()
+    if not path.is_file():
+        return None
+    auths = json.loads(path.read_text()).get("auths", {})
+    entry = auths.get(host) or auths.get(f"https://{host}")
+    if not entry or "auth" not in entry:
+        return None
+    username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    return username, password
+
+
+def _ecr_login(host: str) -> tuple[str, str] | None:
+    match = ECR_HOST_RE.match(host)
+    if not match:
+        return None
+    import boto3  # only needed for ECR; keeps the import cost out of local and test runs
+
+    client = boto3.client("ecr", region_name=match["region"])
+    data = client.get_authorization_token(registryIds=[match["account"]])["authorizationData"][0]
+    username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    return username, password
+
+
+def login_for(host: str) -> tuple[str, str] | None:
+    """``(username, password)`` for ``host`` from the Docker config or ECR, ``None`` for anonymous."""
+    return _docker_config_login(host) or _ecr_login(host)
+
+
+def open_repository(repo: Repository) -> DXF:
+    """A client for ``repo`` that logs in (see the module docstring) when the registry asks for it."""
+    login = None if repo.insecure else login_for(repo.host)
+
+    def authenticate(client: DXFBase, response: requests.Response) -> None:
+        if login is None:
+            raise RegistryError(f"{repo.host} asks for credentials and none were found (docker config, ECR)")
+        client.authenticate(*login, response=response)
+
+    return DXF(repo.host, repo.name, auth=authenticate, insecure=repo.insecure, timeout=TIMEOUT_SECONDS)
+
+
+def _status(error: requests.HTTPError) -> int | None:
+    return error.response.status_code if error.response is not None else None
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} {error.response.text.strip()[:300]}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _fetch_manifest(client: DXF, digest: str) -> tuple[bytes, str]:
+    """The manifest's exact bytes and media type, checked against ``digest``; ``RegistryError`` if absent."""
+    _, response = client.get_manifest_and_response(digest)
+    body: bytes = response.content
+    actual = "sha256:" + hashlib.sha256(body).hexdigest()
+    if actual != digest:
+        raise RegistryError(f"manifest {digest} was served with content whose digest is {actual}")
+    media_type = json.loads(body).get("mediaType") or response.headers.get("Content-Type", "").split(";")[0]
+    return body, media_type
+
+
+def _children(body: bytes, media_type: str) -> tuple[list[str], list[str]]:
+    """(child manifest digests, blob digests) a manifest refers to."""
+    doc: dict[str, Any] = json.loads(body)
+    if media_type in INDEX_TYPES:
+        return [m["digest"] for m in doc["manifests"]], []
+    if media_type in MANIFEST_TYPES:
+        return [], [doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])]
+    raise RegistryError(f"unsupported manifest media type {media_type!r} (want an OCI or Docker v2 image)")
+
+
+def _has_blob(client: DXF, digest: str) -> bool:
+    try:
+        client.blob_size(digest)
+    except requests.HTTPError as exc:
+        if _status(exc) == 404:
+            return False
+        raise
+    return True
+
+
+def _has_manifest(client: DXF, digest: str) -> bool:
+    try:
+        client.head_manifest_and_response(digest)
+    except requests.HTTPError as exc:
+        if _status(exc) == 404:
+            return False
+        raise
+    return True
+
+
+@dataclass
+class CopyResult:
+    """What a copy moved: a re-run after success moves nothing."""
+
+    manifests: int = 0
+    blobs: int = 0
+    bytes: int = 0
+
+
+def _copy(source: DXF, target: DXF, digest: str, source_name: str, moved: CopyResult) -> None:
+    if _has_manifest(target, digest):
+        return
+    try:
+        body, media_type = _fetch_manifest(source, digest)
+    except requests.HTTPError as exc:
+        if _status(exc) == 404:
+            raise RegistryError(f"the source {source_name} has no manifest {digest}") from exc
+        raise
+    manifests, blobs = _children(body, media_type)
+    for child in manifests:
+        _copy(source, target, child, source_name, moved)
+    for blob in blobs:
+        if _has_blob(target, blob):
+            continue
+        # Streamed, and verified against its digest while streaming.
+        chunks, size = cast("tuple[Iterable[bytes], int]", source.pull_blob(blob, size=True))
+        target.push_blob(data=chunks, digest=blob, check_exists=False)
+        moved.blobs += 1
+        moved.bytes += int(size)
+    # By digest, with the source's bytes: the target recomputes the digest and refuses any other content.
+    target.set_manifest(digest, body.decode("utf-8"))
+    moved.manifests += 1
+
+
+def copy_image(source: Repository, target: Repository, digest: str) -> CopyResult:
+    """Make ``target`` hold the image ``source@digest`` (an image manifest or an index), blobs first.
+
+    Nothing is moved when ``target`` already has the manifest (an earlier promotion, a shared build).
+
+    :raises RegistryError: the source lacks the digest, a registry is unreachable or refuses a request.
+    """
+    moved = CopyResult()
+    try:
+        _copy(open_repository(source), open_repository(target), digest, str(source), moved)
+    except (requests.RequestException, DXFError) as exc:
+        raise RegistryError(f"copying {source}@{digest} to {target} failed: {_describe(exc)}") from exc
+    return moved
+
+
+def check_serves(repo: Repository, digest: str) -> None:
+    """Refuse unless ``repo`` serves ``digest`` with matching bytes and every blob it refers to.
+
+    This is what a kubelet pull needs; it is checked after a copy and before a stack file is written.
+
+    :raises RegistryError: the manifest or a blob is missing, or the content does not match the digest.
+    """
+    try:
+        client = open_repository(repo)
+        pending = [digest]
+        while pending:
+            current = pending.pop()
+            try:
+                body, media_type = _fetch_manifest(client, current)
+            except requests.HTTPError as exc:
+                if _status(exc) == 404:
+                    raise RegistryError(f"{repo} does not serve manifest {current}") from exc
+                raise
+            manifests, blobs = _children(body, media_type)
+            pending.extend(manifests)
+            missing = [blob for blob in blobs if not _has_blob(client, blob)]
+            if missing:
+                raise RegistryError(f"{repo} serves manifest {current} but lacks blob(s) {', '.join(missing)}")
+    except (requests.RequestException, DXFError) as exc:
+        raise RegistryError(f"{repo} could not be checked for {digest}: {_describe(exc)}") from exc
