@@ -56,6 +56,8 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
     provider = aws.Provider(
         "aws",
         region=region,
+        # An explicit provider does not read the stack's `aws:` config: pass the account guard on.
+        allowed_account_ids=pulumi.Config("aws").get_object("allowedAccountIds"),
         default_tags=aws.ProviderDefaultTagsArgs(tags=default_tags(cfg, stack)),
     )
     opts = pulumi.ResourceOptions(providers=[provider])
