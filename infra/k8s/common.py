@@ -47,7 +47,15 @@ SERVING_PORT = 8080
 DATABASE_SECRET = "database-url"
 DATABASE_SECRET_KEY = "DATABASE_URL"
 STORAGE_SECRET = "storage-credentials"
+STORAGE_SECRET_KEY = "credentials"
+"""The storage Secret's one key: an AWS shared credentials file, which boto (and so s3fs) reads
+through ``AWS_SHARED_CREDENTIALS_FILE`` with no code of ours."""
 TMP_VOLUME = "tmp"
+SECRETS_DIR = "/var/run/secrets/purchase-classifier"
+"""Secrets are mounted as files (one read-only directory per Secret, one file per key), never put
+in env: env is visible to every process of the container and in crash dumps and ``/proc``."""
+SECRET_FILE_MODE = 0o440
+"""Read-only, for the file's owner and the pod's ``fsGroup`` (the containers' group) only."""
 
 _DEFAULT_DB_PORTS = {
     "postgresql": 5432,
@@ -214,8 +222,9 @@ def env_value(name: str, value: str) -> Obj:
     return {"name": name, "value": value}
 
 
-def env_secret(name: str, secret: str, key: str) -> Obj:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+def secret_file(secret: str, key: str) -> str:
+    """Path of ``key`` of ``secret`` in a container that mounts it (``container(secrets=...)``)."""
+    return f"{SECRETS_DIR}/{secret}/{key}"
 
 
 def base_env(ctx: Context) -> list[Obj]:
@@ -235,16 +244,19 @@ def storage_env(ctx: Context) -> list[Obj]:
     if ctx.storage_endpoint_url:
         env.append(env_value("AWS_ENDPOINT_URL", ctx.storage_endpoint_url))
     if ctx.storage_credentials:
-        env += [
-            env_secret("AWS_ACCESS_KEY_ID", STORAGE_SECRET, "AWS_ACCESS_KEY_ID"),
-            env_secret("AWS_SECRET_ACCESS_KEY", STORAGE_SECRET, "AWS_SECRET_ACCESS_KEY"),
-        ]
+        env.append(env_value("AWS_SHARED_CREDENTIALS_FILE", secret_file(STORAGE_SECRET, STORAGE_SECRET_KEY)))
     return env
 
 
+def storage_secrets(ctx: Context) -> list[str]:
+    """Secrets a container with :func:`storage_env` mounts: the access keys, when there are any."""
+    return [STORAGE_SECRET] if ctx.storage_credentials else []
+
+
 def database_env() -> list[Obj]:
-    """``DATABASE_URL`` only ever from the Secret: the URL carries credentials."""
-    return [env_secret(DATABASE_SECRET_KEY, DATABASE_SECRET, DATABASE_SECRET_KEY)]
+    """``DATABASE_URL_FILE``: the URL carries credentials, so it is only ever read from the Secret's
+    file (the container must mount :data:`DATABASE_SECRET`)."""
+    return [env_value(f"{DATABASE_SECRET_KEY}_FILE", secret_file(DATABASE_SECRET, DATABASE_SECRET_KEY))]
 
 
 def container(
@@ -257,9 +269,11 @@ def container(
     ports: list[Obj] | None = None,
     readiness: Obj | None = None,
     liveness: Obj | None = None,
+    secrets: list[str] | None = None,
 ) -> Obj:
     """One hardened container running the project image with ``args`` (the ENTRYPOINT is
-    ``python -m ml``, so only ``args`` are set and the image decides the interpreter)."""
+    ``python -m ml``, so only ``args`` are set and the image decides the interpreter); each of
+    ``secrets`` is mounted read-only under :data:`SECRETS_DIR` (:func:`pod_spec` adds the volumes)."""
     spec: Obj = {
         "name": name,
         "image": ctx.image,
@@ -269,7 +283,10 @@ def container(
         "env": base_env(ctx) + (env or []),
         "resources": resources(res),
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *({"name": s, "mountPath": f"{SECRETS_DIR}/{s}", "readOnly": True} for s in secrets or []),
+        ],
     }
     if ports:
         spec["ports"] = ports
@@ -289,8 +306,13 @@ def pod_spec(
     tmp_size: str = "1Gi",
     **extra: Any,
 ) -> Obj:
-    """Pod spec with the pod-level hardening and a bounded ``/tmp`` ``emptyDir`` (the only writable
-    path; the bound keeps a runaway spill from filling the node's disk)."""
+    """Pod spec with the pod-level hardening, a bounded ``/tmp`` ``emptyDir`` (the only writable
+    path; the bound keeps a runaway spill from filling the node's disk) and a Secret volume for
+    each Secret its containers mount, so no mount can lack its volume."""
+    mounted = {m["name"] for c in containers for m in c["volumeMounts"] if m["mountPath"].startswith(SECRETS_DIR)}
+    secret_volumes = [
+        {"name": s, "secret": {"secretName": s, "defaultMode": SECRET_FILE_MODE}} for s in sorted(mounted)
+    ]
     spec: Obj = {
         "serviceAccountName": service_account,
         # No workload talks to the Kubernetes API; Pod Identity mounts its own token.
@@ -299,7 +321,7 @@ def pod_spec(
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": termination_grace,
         "containers": containers,
-        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": tmp_size}}],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": tmp_size}}, *secret_volumes],
         **extra,
     }
     if restart_policy:

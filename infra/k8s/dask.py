@@ -37,6 +37,7 @@ from infra.k8s.common import (
     pod_spec,
     selector_labels,
     storage_env,
+    storage_secrets,
 )
 from infra.naming import (
     DASK_NODE_LABEL_KEY,
@@ -175,6 +176,7 @@ def build_worker_deployment(ctx: Context) -> Obj:
         worker_args(ctx),
         workers.resources,
         env=env,
+        secrets=storage_secrets(ctx),
         ports=[
             {"name": "tcp-worker", "containerPort": WORKER_PORT, "protocol": "TCP"},
             {"name": "tcp-nanny", "containerPort": NANNY_PORT, "protocol": "TCP"},

@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 from infra.config import CronJob
 from infra.k8s.common import (
     DASK_CLIENTS,
+    DATABASE_SECRET,
     JOBS,
     Context,
     Obj,
@@ -26,6 +27,7 @@ from infra.k8s.common import (
     metadata,
     pod_spec,
     storage_env,
+    storage_secrets,
 )
 from infra.naming import SA_PREDICT, SA_REFRESH, SA_TRAIN
 
@@ -58,7 +60,8 @@ def build_cronjob(ctx: Context, job: str) -> Obj:
     if job not in JOB_ARGS:
         raise ValueError(f"unknown job {job!r}; one of {', '.join(JOBS)}")
     cfg = job_config(ctx, job)
-    main = container(ctx, job, JOB_ARGS[job], cfg.resources, env=job_env(ctx, job))
+    secrets = [*storage_secrets(ctx), DATABASE_SECRET]
+    main = container(ctx, job, JOB_ARGS[job], cfg.resources, env=job_env(ctx, job), secrets=secrets)
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

@@ -23,6 +23,7 @@ from infra.k8s.common import (
     DATABASE_SECRET,
     DATABASE_SECRET_KEY,
     STORAGE_SECRET,
+    STORAGE_SECRET_KEY,
     Context,
     Obj,
     component_selector,
@@ -133,6 +134,16 @@ def build_database_secret(ctx: Context, database_url: str) -> Obj:
     }
 
 
+def shared_credentials_file(access_key_id: str, secret_access_key: str) -> str:
+    """The access keys as an AWS shared credentials file: mounted as a file and named by
+    ``AWS_SHARED_CREDENTIALS_FILE``, boto (and so s3fs, in every process) reads it unaided."""
+    return f"[default]\naws_access_key_id = {access_key_id}\naws_secret_access_key = {secret_access_key}\n"
+
+
+def _shared_credentials_file(keys: list[str]) -> str:
+    return shared_credentials_file(*keys)
+
+
 def build_storage_secret(ctx: Context, access_key_id: str, secret_access_key: str) -> Obj:
     return {
         "apiVersion": "v1",
@@ -143,7 +154,7 @@ def build_storage_secret(ctx: Context, access_key_id: str, secret_access_key: st
             "labels": namespace_labels(ctx.instance),
         },
         "type": "Opaque",
-        "stringData": {"AWS_ACCESS_KEY_ID": access_key_id, "AWS_SECRET_ACCESS_KEY": secret_access_key},
+        "stringData": {STORAGE_SECRET_KEY: shared_credentials_file(access_key_id, secret_access_key)},
     }
 
 
@@ -202,14 +213,12 @@ class Namespace(pulumi.ComponentResource):
         )
         if storage_keys is not None:
             store = ctx.apply(lambda c: build_storage_secret(c, "", ""))
+            credentials: pulumi.Input[str] = pulumi.Output.all(*storage_keys).apply(_shared_credentials_file)
             k8s.core.v1.Secret(
                 f"{name}-{STORAGE_SECRET}",
                 metadata=store["metadata"],
                 type="Opaque",
-                string_data={
-                    "AWS_ACCESS_KEY_ID": pulumi.Output.secret(storage_keys[0]),
-                    "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(storage_keys[1]),
-                },
+                string_data={STORAGE_SECRET_KEY: pulumi.Output.secret(credentials)},
                 opts=child,
             )
         self.register_outputs({"namespace": ns["metadata"]["name"]})

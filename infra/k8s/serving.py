@@ -27,6 +27,7 @@ from infra.k8s.common import (
     pod_spec,
     selector_labels,
     storage_env,
+    storage_secrets,
 )
 from infra.naming import SA_SERVING
 
@@ -54,6 +55,7 @@ def build_deployment(ctx: Context) -> Obj:
         SERVE_ARGS,
         serving.resources,
         env=serving_env(ctx),
+        secrets=storage_secrets(ctx),
         ports=[{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         # Ready only once a model is loaded; alive as long as the event loop answers.
         readiness=http_probe(READY_PATH, "http", initial_delay=5, period=5),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import botocore.session
 import pytest
 
 from infra.config import Resources, StackConfig, parse_config
@@ -327,10 +329,13 @@ def test_cronjob_settings_from_config(stack: str, job: str) -> None:
     c = pod["containers"][0]
     assert c["args"] == jobs.JOB_ARGS[job]
     env = env_of(c)
-    assert env["DATABASE_URL"] == {
-        "name": "DATABASE_URL",
-        "valueFrom": {"secretKeyRef": {"name": "database-url", "key": "DATABASE_URL"}},
-    }
+    assert "DATABASE_URL" not in env
+    assert env["DATABASE_URL_FILE"]["value"] == "/var/run/secrets/purchase-classifier/database-url/DATABASE_URL"
+    assert {
+        "name": "database-url",
+        "mountPath": "/var/run/secrets/purchase-classifier/database-url",
+        "readOnly": True,
+    } in c["volumeMounts"]
     assert ("DASK_SCHEDULER_ADDRESS" in env) is (job in ("train", "predict"))
     if job != "refresh":
         assert env["DASK_SCHEDULER_ADDRESS"]["value"] == ctx.scheduler_address
@@ -379,14 +384,64 @@ def test_data_egress_ports_eks_and_existing() -> None:
     assert len(local["egress"]) == 1
 
 
-def test_existing_mode_storage_env_uses_endpoint_and_secret_keys() -> None:
+def test_existing_mode_storage_env_uses_endpoint_and_a_credentials_file() -> None:
     ctx = make_ctx("local", storage_credentials=True)
-    c = jobs.build_cronjob(ctx, "refresh")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    env = env_of(c)
+    pod = jobs.build_cronjob(ctx, "refresh")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio.svc.cluster.local:9000"
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "storage-credentials", "key": key}
+    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == (
+        "/var/run/secrets/purchase-classifier/storage-credentials/credentials"
+    )
+    assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert "AWS_REGION" not in env
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "database-url", "storage-credentials"}
+
+
+SECRET_MODE = 0o440
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("storage_credentials", [False, True])
+def test_secrets_reach_containers_only_as_read_only_files(stack: str, storage_credentials: bool) -> None:
+    """No env value comes from a Secret (checkov CKV_K8S_35); every file an env value names is in a
+    read-only Secret mount of that container, whose volume is the Secret with a restrictive mode."""
+    pods = dict(pod_specs(all_objects(make_ctx(stack, storage_credentials=storage_credentials))))
+    mounting = set()
+    for name, spec in pods.items():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            assert "envFrom" not in c
+            assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in c["env"]), name
+            secret_mounts = [m for m in c["volumeMounts"] if m["mountPath"].startswith(common.SECRETS_DIR)]
+            for mount in secret_mounts:
+                assert mount["readOnly"] is True
+                assert volumes[mount["name"]] == {
+                    "name": mount["name"],
+                    "secret": {"secretName": mount["name"], "defaultMode": SECRET_MODE},
+                }
+                mounting.add((name, mount["name"]))
+            for e in c["env"]:
+                if e.get("value", "").startswith(common.SECRETS_DIR):
+                    assert any(e["value"].startswith(m["mountPath"] + "/") for m in secret_mounts), (name, e)
+        assert {v["name"] for v in spec["volumes"] if "secret" in v} == {m for n, m in mounting if n == name}
+    storage = {"storage-credentials"} if storage_credentials else set()
+    expected = {(job, s) for job in common.JOBS for s in {"database-url", *storage}}
+    expected |= {(component, s) for component in ("dask-worker", "serving") for s in storage}
+    assert mounting == expected
+
+
+def test_shared_credentials_file_is_what_botocore_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = namespace.build_storage_secret(make_ctx("local"), "AKIDEXAMPLE", "wJalr/EXAMPLEKEY+x")
+    assert set(secret["stringData"]) == {"credentials"}
+    path = tmp_path / "credentials"
+    path.write_text(secret["stringData"]["credentials"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(path))
+    credentials = botocore.session.Session().get_credentials()
+    assert credentials is not None and credentials.method == "shared-credentials-file"
+    assert (credentials.access_key, credentials.secret_key) == ("AKIDEXAMPLE", "wJalr/EXAMPLEKEY+x")
 
 
 def test_secrets_carry_values_only_in_string_data() -> None:

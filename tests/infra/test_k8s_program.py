@@ -166,10 +166,13 @@ def test_existing_mode_with_storage_keys_gets_a_storage_secret() -> None:
     secrets = {r.inputs["metadata"]["name"]: r for r in run.of_type("kubernetes:core/v1:Secret")}
     assert set(secrets) == {"database-url", "storage-credentials"}
     storage = secrets["storage-credentials"].inputs["stringData"]
-    assert storage[SECRET_SIG] and set(storage["value"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert storage[SECRET_SIG] and set(storage["value"]) == {"credentials"}
+    assert "aws_secret_access_key = minio-secret" in storage["value"]["credentials"]
     env = {e["name"]: e for _, c in containers(run) if c["name"] == "worker" for e in c["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.minio.svc.cluster.local:9000"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "storage-credentials"
+    assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"].startswith(
+        "/var/run/secrets/purchase-classifier/storage-credentials/"
+    )
 
 
 def test_a_tag_instead_of_a_digest_stops_the_program() -> None:

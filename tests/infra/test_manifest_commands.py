@@ -5,10 +5,10 @@ plus the container's ``args``, with the container's ``env`` (``$(VAR)`` expanded
 Only what cannot exist outside the cluster is substituted, each in one documented place
 (:class:`Localizer`): Service DNS names become ``127.0.0.1``, fixed container ports become free local
 ports (every pod has its own IP in a cluster, processes here share one), the ``s3://`` store becomes a
-local directory, Secret references become local values, and each pod's ``/tmp`` ``emptyDir`` becomes
-its own temporary directory. Flags and every other value are used as rendered, so a manifest whose
-command would fail in the cluster (an unknown flag, a missing argument, a wrong probe path) fails
-here.
+local directory, each mounted Secret becomes a local directory of its files, and each pod's ``/tmp``
+``emptyDir`` becomes its own temporary directory. Flags and every other value are used as rendered, so
+a manifest whose command would fail in the cluster (an unknown flag, a missing argument, a wrong probe
+path) fails here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from infra.k8s.common import NANNY_PORT, SCHEDULER_DASHBOARD_PORT, SCHEDULER_PORT, SERVING_PORT, WORKER_PORT
+from infra.k8s.common import (
+    NANNY_PORT,
+    SCHEDULER_DASHBOARD_PORT,
+    SCHEDULER_PORT,
+    SECRETS_DIR,
+    SERVING_PORT,
+    WORKER_PORT,
+)
 from infra.k8s.common import WORKER_DASHBOARD_PORT as WORKER_HTTP_PORT
 from infra.render import kubernetes_manifests
 from ml.model import fit_model
@@ -101,11 +108,14 @@ class Localizer:
                 source = item["valueFrom"]
                 if source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
                     value = self.pod_name
-                elif source.get("secretKeyRef", {}).get("key") == "DATABASE_URL":
-                    value = self.database_url
                 else:
                     raise AssertionError(f"no local stand-in for {name}: {source}")
             env[name] = value
+        for mount_path, local in self.secret_mounts(container).items():
+            env = {
+                k: str(local) + v.removeprefix(mount_path) if v.startswith(f"{mount_path}/") else v
+                for k, v in env.items()
+            }
         if "ML_STORE" in env:
             assert env["ML_STORE"].startswith("s3://"), env["ML_STORE"]
             env["ML_STORE"] = self.store
@@ -116,6 +126,22 @@ class Localizer:
             if env.get(key) == "/tmp":
                 env[key] = str(self.tmp)
         return env
+
+    def secret_mounts(self, container: dict[str, Any]) -> dict[str, Path]:
+        """Each mounted Secret becomes a local directory with one file per key, as the kubelet writes it."""
+        values = {"database-url": {"DATABASE_URL": self.database_url}}
+        mounts: dict[str, Path] = {}
+        for mount in container["volumeMounts"]:
+            if not mount["mountPath"].startswith(SECRETS_DIR):
+                continue
+            if mount["name"] not in values:
+                raise AssertionError(f"no local stand-in for the Secret {mount['name']}")
+            local = self.tmp.parent / "secrets" / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            for key, value in values[mount["name"]].items():
+                (local / key).write_text(value)
+            mounts[mount["mountPath"]] = local
+        return mounts
 
     def command(self, container: dict[str, Any], env: dict[str, str]) -> list[str]:
         assert "command" not in container, "containers must keep the image's ENTRYPOINT"
