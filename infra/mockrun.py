@@ -8,7 +8,9 @@ name, inputs, parent, provider, dependencies, options) plus the stack outputs.
 Pulumi's runtime state is process-global (context variables for settings, config and the root
 stack), so every run starts by resetting all of it; many runs in one process are independent.
 Outputs of resources (ARNs, URLs, endpoints) are invented by :class:`PlatformMocks` so ``apply``
-chains run to completion and policy documents are rendered with concrete ARNs.
+chains run to completion and policy documents are rendered with concrete ARNs. They carry the stack's
+own account (the first of ``aws:allowedAccountIds``), so a stack that names another account's
+resources shows it in the render and fails the tests that pin ARNs to the stack's account.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from infra.naming import PROJECT
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_ACCOUNT = "111122223333"
+"""The account of a stack whose file names none (``aws:allowedAccountIds`` unset)."""
 DEFAULT_MOCK_SECRETS: dict[str, str] = {
     "databaseUrl": "postgresql+psycopg://mock:mock@db.invalid:5432/purchases",
 }
@@ -81,8 +84,9 @@ def _region_of(inputs: Mapping[str, Any], fallback: str) -> str:
 class PlatformMocks(Mocks):
     """Invents plausible output properties for the resource types the program uses."""
 
-    def __init__(self, region: str = "eu-west-1") -> None:
+    def __init__(self, region: str = "eu-west-1", account: str = MOCK_ACCOUNT) -> None:
         self.region = region
+        self.account = account
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         typ: str = args.typ
@@ -92,21 +96,21 @@ class PlatformMocks(Mocks):
         rid = f"{name}-id"
         state = dict(inputs)
         service = typ.split(":")[1].split("/")[0] if typ.startswith("aws:") else ""
-        state.setdefault("arn", f"arn:aws:{service}:{region}:{MOCK_ACCOUNT}:{name}")
+        state.setdefault("arn", f"arn:aws:{service}:{region}:{self.account}:{name}")
         state.setdefault("name", name)
         if typ == "aws:s3/bucket:Bucket":
             bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix', '')}{name}"
             rid = bucket
             state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}")
         elif typ == "aws:ecr/repository:Repository":
-            state["repositoryUrl"] = f"{MOCK_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{inputs.get('name', name)}"
+            state["repositoryUrl"] = f"{self.account}.dkr.ecr.{region}.amazonaws.com/{inputs.get('name', name)}"
         elif typ == "aws:eks/cluster:Cluster":
             state["endpoint"] = f"https://{inputs.get('name', name)}.gr7.{region}.eks.amazonaws.com"
             state["certificateAuthority"] = {"data": "TU9DSy1DQQ=="}
         elif typ == "aws:iam/role:Role":
-            state["arn"] = f"arn:aws:iam::{MOCK_ACCOUNT}:role/{name}"
+            state["arn"] = f"arn:aws:iam::{self.account}:role/{name}"
         elif typ == "aws:kms/key:Key":
-            state["arn"] = f"arn:aws:kms:{region}:{MOCK_ACCOUNT}:key/{name}"
+            state["arn"] = f"arn:aws:kms:{region}:{self.account}:key/{name}"
             state["keyId"] = name
         return rid, state
 
@@ -114,8 +118,8 @@ class PlatformMocks(Mocks):
         # The failures list must be a list: Pulumi's MockMonitor iterates it (``None`` raises).
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
-                "accountId": MOCK_ACCOUNT,
-                "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
+                "accountId": self.account,
+                "arn": f"arn:aws:iam::{self.account}:user/mock",
                 "userId": "mock",
             }, []
         return {}, []
@@ -173,6 +177,7 @@ def run_program(
     config: Mapping[str, str],
     secret_keys: list[str] | None = None,
     region: str = "eu-west-1",
+    account: str = MOCK_ACCOUNT,
     project: str = PROJECT,
 ) -> StackRun:
     """Run ``program`` in a fresh root stack under mocks and return everything it registered."""
@@ -238,7 +243,7 @@ def run_program(
     settings.ROOT.set(None)
     settings.configure(
         mocks.MockSettings(
-            monitor=Monitor(PlatformMocks(region)),
+            monitor=Monitor(PlatformMocks(region, account)),
             engine=mocks.MockEngine(logger),
             project=project,
             stack=stack,
@@ -295,4 +300,11 @@ def run_stack(
         config=config,
         secret_keys=secret_keys,
         region=str(raw.get("aws:region") or "eu-west-1"),
+        account=stack_account(raw),
     )
+
+
+def stack_account(raw: Mapping[str, Any]) -> str:
+    """The account a stack file deploys into: the first of ``aws:allowedAccountIds``, else :data:`MOCK_ACCOUNT`."""
+    accounts = raw.get("aws:allowedAccountIds") or [MOCK_ACCOUNT]
+    return str(accounts[0])

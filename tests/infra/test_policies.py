@@ -17,7 +17,7 @@ from infra.aws.policies import (
     tls_only_bucket_policy,
     write_actions,
 )
-from infra.mockrun import MOCK_ACCOUNT, PlatformMocks
+from infra.mockrun import PlatformMocks, load_stack_config, stack_account
 from infra.naming import IDENTITY_WORKLOADS, SA_DASK_SCHEDULER, SA_SERVING
 from tests.infra.harness import AWS_STACKS, DIGEST, cached_run, run_stack
 
@@ -148,7 +148,7 @@ def test_every_pod_identity_trust_is_pinned_to_the_stack_account(stack: str) -> 
     trusts = _pod_identity_trusts(cached_run(stack).resources)
     # One role per workload with bucket access, plus the EBS CSI driver's.
     assert set(trusts) == {f"identities-{w}" for w in IDENTITY_WORKLOADS} | {"cluster-ebs-csi"}
-    _assert_pinned(trusts, MOCK_ACCOUNT)
+    _assert_pinned(trusts, stack_account(load_stack_config(stack)))
 
 
 def test_trust_account_comes_from_the_providers_caller_identity(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,9 +160,8 @@ def test_trust_account_comes_from_the_providers_caller_identity(monkeypatch: pyt
         calls.append((args.token, args.provider))
         return answer(self, args)
 
-    monkeypatch.setattr(mockrun, "MOCK_ACCOUNT", "444455556666")
     monkeypatch.setattr(PlatformMocks, "call", recording)
-    run = run_stack("dev", overrides={"imageDigest": DIGEST})
+    run = run_stack("dev", overrides={"imageDigest": DIGEST, "aws:allowedAccountIds": ["444455556666"]})
     _assert_pinned(_pod_identity_trusts(run.resources), "444455556666")
     (aws_provider,) = run.of_type("pulumi:providers:aws")
     # One call, through the stack's explicit provider (its region and credentials), not the default one.

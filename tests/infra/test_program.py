@@ -9,7 +9,7 @@ import pulumi
 import pytest
 
 from infra.aws.cluster import ADDONS, CONTROL_PLANE_LOGS
-from infra.mockrun import MOCK_ACCOUNT, CapturedResource, StackRun, run_stack
+from infra.mockrun import CapturedResource, StackRun, load_stack_config, run_stack, stack_account
 from infra.naming import IDENTITY_WORKLOADS, PROJECT
 from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, cached_run
 
@@ -235,7 +235,8 @@ def test_pod_identity_bindings(stack: str) -> None:
     ]
     assert len(trust) == len(IDENTITY_WORKLOADS)
     assert all(t["Statement"][0]["Principal"] == {"Service": "pods.eks.amazonaws.com"} for t in trust)
-    assert all(t["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": MOCK_ACCOUNT}} for t in trust)
+    account = stack_account(load_stack_config(stack))
+    assert all(t["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": account}} for t in trust)
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
