@@ -287,10 +287,11 @@ def test_memory_quantities(text: str, size: int) -> None:
 
 
 def test_config_reference_is_in_sync() -> None:
-    readme = (ROOT / "README.md").read_text()
-    committed = readme.split("<!-- config-table:start -->\n", 1)[1].split("<!-- config-table:end -->", 1)[0]
+    page = (ROOT / "docs" / "platform.md").read_text()
+    committed = page.split("<!-- config-table:start -->\n", 1)[1].split("<!-- config-table:end -->", 1)[0]
     assert committed == config_reference_markdown(), (
-        "README's stack configuration table is stale: paste `.venv/bin/python -m infra.config` between its markers"
+        "docs/platform.md's stack configuration table is stale: "
+        "paste `.venv/bin/python -m infra.config` between its markers"
     )
 
 
