@@ -1,20 +1,28 @@
-"""Promotion copies the digest and only the digest, keeps the files as people wrote them, refuses loudly.
+"""Promotion moves the image, then the digest and only the digest; keeps the files as people wrote
+them; refuses loudly and writes nothing when the target cannot serve the image.
 
 Runs on copies of the committed stack files in ``tmp_path`` so the real comments, flow maps and
-quoting are what the round-trip has to survive.
+quoting are what the round-trip has to survive. Each stack's registry is a real CNCF distribution
+registry on 127.0.0.1 (one process per "account"), holding real images pushed by digest.
 """
 
 from __future__ import annotations
 
+import base64
 import difflib
+import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
+from dxf import DXF
 
+from infra.oci import Repository, login_for
 from infra.promote import (
     DIGEST_KEY,
     EXIT_DIFFERS,
@@ -25,18 +33,63 @@ from infra.promote import (
     main,
     promote,
     read_digest,
+    record,
+    registry_of,
     set_digest,
 )
+from tests.support.ports import free_port
+from tests.support.registry import Image, build_and_push_image, registry_server
 
 DIGEST_A = "sha256:" + "a1" * 32
 DIGEST_B = "sha256:" + "b2" * 32
+REGISTRY_KEY = "purchase-classifier:registry"
+AWS_STACKS = ("dev", "staging", "prod")
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One real registry per AWS stack, standing for that account's ECR: stack -> ``host/repository``."""
+    with (
+        registry_server(tmp_path_factory.mktemp("dev-registry")) as dev,
+        registry_server(tmp_path_factory.mktemp("staging-registry")) as staging,
+        registry_server(tmp_path_factory.mktemp("prod-registry")) as prod,
+    ):
+        yield {
+            stack: f"{host}/purchase-classifier" for stack, host in zip(AWS_STACKS, (dev, staging, prod), strict=True)
+        }
 
 
 @pytest.fixture
-def stacks(tmp_path: Path) -> Path:
+def stacks(tmp_path: Path, registries: dict[str, str]) -> Path:
+    """Copies of the committed stack files, each AWS stack pointed at its loopback registry."""
     for path in ROOT.glob("Pulumi.*.yaml"):
         shutil.copy(path, tmp_path / path.name)
+    for stack, registry in registries.items():
+        path = tmp_path / f"Pulumi.{stack}.yaml"
+        text = path.read_text()
+        anchor = "  purchase-classifier:environment:"
+        path.write_text(text.replace(anchor, f"  {REGISTRY_KEY}: {registry}\n{anchor}", 1))
     return tmp_path
+
+
+def _push(registries: dict[str, str], stack: str, request: pytest.FixtureRequest) -> Image:
+    """A real image only ``stack``'s registry holds (its content is unique to the calling test)."""
+    host, name = registries[stack].split("/", 1)
+    return build_and_push_image(host, name, content=f"{request.node.nodeid}\n".encode())
+
+
+def _serves(registry: str, digest: str) -> bool:
+    host, name = registry.split("/", 1)
+    return requests.head(
+        f"http://{host}/v2/{name}/manifests/{digest}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    ).ok
+
+
+@pytest.fixture
+def image(registries: dict[str, str], request: pytest.FixtureRequest) -> Image:
+    return _push(registries, "dev", request)
 
 
 def _changed_lines(before: str, after: str) -> list[str]:
@@ -53,31 +106,32 @@ def test_committed_stack_files_have_the_digest_key() -> None:
         assert DIGEST_KEY in data["config"], stack
 
 
-def test_promote_changes_exactly_one_line_and_keeps_comments(stacks: Path) -> None:
-    set_digest("dev", DIGEST_A, stacks)
+def test_promote_changes_exactly_one_line_and_keeps_comments(stacks: Path, image: Image) -> None:
+    set_digest("dev", image.digest, stacks)
     before = (stacks / "Pulumi.staging.yaml").read_text()
     change = promote("dev", "staging", stacks)
     after = (stacks / "Pulumi.staging.yaml").read_text()
 
-    assert change.changed and change.old == "" and change.new == DIGEST_A
+    assert change.changed and change.old == "" and change.new == image.digest
     diff = _changed_lines(before, after)
     assert len(diff) == 2, diff
     assert diff[0].startswith("-") and DIGEST_KEY in diff[0]
-    assert diff[1].startswith("+") and DIGEST_A in diff[1]
+    assert diff[1].startswith("+") and image.digest in diff[1]
     # Comments survive (the file's header and the per-key note).
     assert "# Copied from dev by the promote tool" in after
     assert after.splitlines()[0] == before.splitlines()[0]
-    assert read_digest("staging", stacks) == DIGEST_A
+    assert read_digest("staging", stacks) == image.digest
 
 
-def test_only_the_digest_travels(stacks: Path) -> None:
-    set_digest("staging", DIGEST_A, stacks)
+def test_only_the_digest_travels(stacks: Path, registries: dict[str, str], request: pytest.FixtureRequest) -> None:
+    digest = _push(registries, "staging", request).digest
+    set_digest("staging", digest, stacks)
     dev_before = yaml.safe_load((stacks / "Pulumi.dev.yaml").read_text())
     prod_before = yaml.safe_load((stacks / "Pulumi.prod.yaml").read_text())
     promote("staging", "prod", stacks)
     prod_after = yaml.safe_load((stacks / "Pulumi.prod.yaml").read_text())
 
-    assert prod_after["config"].pop(DIGEST_KEY) == DIGEST_A
+    assert prod_after["config"].pop(DIGEST_KEY) == digest
     prod_before["config"].pop(DIGEST_KEY)
     assert prod_after == prod_before
     # The source is untouched; environment-specific values differ and stay different.
@@ -85,12 +139,14 @@ def test_only_the_digest_travels(stacks: Path) -> None:
     assert prod_after["config"]["purchase-classifier:cluster"]["name"] == "pc-prod"
 
 
-def test_promote_is_idempotent(stacks: Path) -> None:
-    set_digest("dev", DIGEST_A, stacks)
-    promote("dev", "staging", stacks)
+def test_promote_is_idempotent(stacks: Path, image: Image) -> None:
+    set_digest("dev", image.digest, stacks)
+    first = promote("dev", "staging", stacks)
     text = (stacks / "Pulumi.staging.yaml").read_text()
     again = promote("dev", "staging", stacks)
+    assert first.copied is not None and first.copied.manifests == 1
     assert not again.changed
+    assert again.copied is not None and (again.copied.manifests, again.copied.blobs) == (0, 0)
     assert (stacks / "Pulumi.staging.yaml").read_text() == text
 
 
@@ -101,8 +157,8 @@ def test_refuses_when_source_has_no_digest(stacks: Path) -> None:
     assert (stacks / "Pulumi.staging.yaml").read_text() == before
 
 
-def test_refuses_when_target_stack_missing(stacks: Path) -> None:
-    set_digest("dev", DIGEST_A, stacks)
+def test_refuses_when_target_stack_missing(stacks: Path, image: Image) -> None:
+    set_digest("dev", image.digest, stacks)
     with pytest.raises(PromotionError, match=r"target stack 'qa' does not exist: no Pulumi\.qa\.yaml"):
         promote("dev", "qa", stacks)
     assert not (stacks / "Pulumi.qa.yaml").exists()
@@ -139,9 +195,9 @@ def test_target_without_the_key_gets_it_after_environment(stacks: Path) -> None:
     assert keys[keys.index("purchase-classifier:environment") + 1] == DIGEST_KEY
 
 
-def test_cli_check_reports_difference_then_sync(stacks: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check_reports_difference_then_sync(stacks: Path, image: Image, capsys: pytest.CaptureFixture[str]) -> None:
     root = ["--root", str(stacks)]
-    assert main(["--digest", DIGEST_A, "--to", "dev", *root]) == EXIT_OK
+    assert main(["--digest", image.digest, "--to", "dev", *root]) == EXIT_OK
     before = (stacks / "Pulumi.staging.yaml").read_text()
 
     assert main(["--from", "dev", "--to", "staging", "--check", *root]) == EXIT_DIFFERS
@@ -150,7 +206,8 @@ def test_cli_check_reports_difference_then_sync(stacks: Path, capsys: pytest.Cap
 
     assert main(["--from", "dev", "--to", "staging", *root]) == EXIT_OK
     out = capsys.readouterr().out
-    assert f"staging: imageDigest (unset) -> {DIGEST_A}" in out
+    assert f"staging: copied {image.digest} into 127.0.0.1:" in out
+    assert f"staging: imageDigest (unset) -> {image.digest}" in out
 
     assert main(["--from", "dev", "--to", "staging", "--check", *root]) == EXIT_OK
     assert "in sync" in capsys.readouterr().out
@@ -172,14 +229,138 @@ def test_registers_on_the_infra_dispatcher() -> None:
     assert args.func is module.run and args.check and args.source == "dev"
 
 
-def test_standalone_module_entry_point(stacks: Path) -> None:
+def test_standalone_module_entry_point(
+    stacks: Path, registries: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    digest = _push(registries, "prod", request).digest
     proc = subprocess.run(
-        [sys.executable, "-m", "infra.promote", "--digest", DIGEST_B, "--to", "prod", "--root", str(stacks)],
+        [sys.executable, "-m", "infra.promote", "--digest", digest, "--to", "prod", "--root", str(stacks)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         check=False,
     )
     assert proc.returncode == EXIT_OK, proc.stderr
-    assert f"prod: imageDigest (unset) -> {DIGEST_B}" in proc.stdout
-    assert read_digest("prod", stacks) == DIGEST_B
+    assert f"prod: {registries['prod']} already serves {digest}" in proc.stdout
+    assert f"prod: imageDigest (unset) -> {digest}" in proc.stdout
+    assert read_digest("prod", stacks) == digest
+
+
+# -- the image travels first ------------------------------------------------------------------------
+
+
+def test_copies_the_image_into_the_target_registry(stacks: Path, registries: dict[str, str], image: Image) -> None:
+    set_digest("dev", image.digest, stacks)
+    assert not _serves(registries["staging"], image.digest)
+
+    change = promote("dev", "staging", stacks)
+
+    assert change.copied is not None
+    assert (change.copied.manifests, change.copied.blobs) == (1, 2)  # the manifest, its config and layer
+    assert _serves(registries["staging"], image.digest)
+    host, name = registries["staging"].split("/", 1)
+    target = DXF(host, name, insecure=True)
+    _, response = target.get_manifest_and_response(image.digest)
+    assert response.headers["Docker-Content-Digest"] == image.digest  # same bytes, same digest
+    assert b"".join(target.pull_blob(image.layer)) == image.layer_bytes
+    assert read_digest("staging", stacks) == image.digest
+
+
+def test_target_already_serving_the_digest_needs_no_copy(
+    stacks: Path, registries: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    digest = _push(registries, "dev", request).digest
+    assert _push(registries, "staging", request).digest == digest  # same content, same digest
+    set_digest("dev", digest, stacks)
+    change = promote("dev", "staging", stacks)
+    assert change.copied is not None and change.copied.manifests == 0
+    assert read_digest("staging", stacks) == digest
+
+
+def test_refuses_a_digest_the_source_registry_does_not_have(stacks: Path, registries: dict[str, str]) -> None:
+    set_digest("dev", DIGEST_A, stacks)  # recorded in the file, never pushed
+    before = (stacks / "Pulumi.staging.yaml").read_text()
+    with pytest.raises(PromotionError) as refused:
+        promote("dev", "staging", stacks)
+    message = str(refused.value)
+    assert f"stack 'staging' cannot run {DIGEST_A}" in message
+    assert f"the source {registries['dev']} has no manifest {DIGEST_A}" in message
+    assert "Pulumi.staging.yaml was not written" in message
+    assert (stacks / "Pulumi.staging.yaml").read_text() == before
+    assert not _serves(registries["staging"], DIGEST_A)
+
+
+def test_refuses_when_the_target_registry_is_unreachable(stacks: Path, image: Image) -> None:
+    set_digest("dev", image.digest, stacks)
+    path = stacks / "Pulumi.staging.yaml"
+    dead = f"127.0.0.1:{free_port()}/purchase-classifier"  # nothing listens there
+    path.write_text(
+        "\n".join(
+            f"  {REGISTRY_KEY}: {dead}" if line.startswith(f"  {REGISTRY_KEY}:") else line
+            for line in path.read_text().splitlines()
+        )
+        + "\n"
+    )
+    before = path.read_text()
+    with pytest.raises(PromotionError, match=rf"copying .* to {dead} failed: ConnectionError"):
+        promote("dev", "staging", stacks)
+    assert path.read_text() == before
+
+
+def test_refuses_a_target_missing_a_layer(
+    stacks: Path, registries: dict[str, str], request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = _push(registries, "prod", request)
+    host, name = registries["prod"].split("/", 1)
+    requests.delete(f"http://{host}/v2/{name}/blobs/{broken.layer}", timeout=5).raise_for_status()
+    before = (stacks / "Pulumi.prod.yaml").read_text()
+
+    assert main(["--digest", broken.digest, "--to", "prod", "--root", str(stacks)]) == EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert f"promote: refused: stack 'prod' cannot run {broken.digest}" in err
+    assert f"lacks blob(s) {broken.layer}" in err
+    assert (stacks / "Pulumi.prod.yaml").read_text() == before
+
+
+def test_record_refuses_a_digest_nobody_pushed(stacks: Path) -> None:
+    before = (stacks / "Pulumi.dev.yaml").read_text()
+    with pytest.raises(PromotionError, match=rf"does not serve manifest {DIGEST_B}"):
+        record("dev", DIGEST_B, stacks)
+    assert (stacks / "Pulumi.dev.yaml").read_text() == before
+
+
+# -- where each stack's image lives --------------------------------------------------------------
+
+
+def test_each_committed_aws_stack_pulls_from_its_own_accounts_ecr() -> None:
+    registries = {stack: registry_of(stack) for stack in AWS_STACKS}
+    assert registries["staging"] == Repository("444455556666.dkr.ecr.eu-west-1.amazonaws.com", "purchase-classifier")
+    assert len({r.host for r in registries.values()}) == 3
+    for stack, repo in registries.items():
+        config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        assert repo.host.startswith(config["aws:allowedAccountIds"][0]) and not repo.insecure
+    assert registry_of("local") == Repository("localhost:5001", "purchase-classifier")
+    assert registry_of("local").insecure
+
+
+def test_a_stack_naming_no_registry_is_refused(stacks: Path) -> None:
+    path = stacks / "Pulumi.dev.yaml"
+    path.write_text(
+        "\n".join(
+            line
+            for line in path.read_text().splitlines()
+            if "allowedAccountIds" not in line and REGISTRY_KEY not in line
+        )
+        + "\n"
+    )
+    with pytest.raises(PromotionError, match=r"Pulumi\.dev\.yaml names no registry: set purchase-classifier:registry"):
+        registry_of("dev", stacks)
+
+
+def test_registry_login_comes_from_the_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = "444455556666.dkr.ecr.eu-west-1.amazonaws.com"
+    auth = base64.b64encode(b"AWS:token-from-ecr-login").decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert login_for(host) == ("AWS", "token-from-ecr-login")
+    assert login_for("registry.invalid:5000") is None
