@@ -57,13 +57,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
+        # Inside the try: flag defaults read settings from the environment, which may be wrong.
+        args = build_parser(command).parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("distributed").setLevel(logging.WARNING)
         return int(args.func(args) or ExitCode.OK)
     except MlError as exc:
         print(f"error: {exc}", file=sys.stderr)

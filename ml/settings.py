@@ -1,12 +1,17 @@
 """Where things live by default: embedded locally, overridden by environment variables in a cluster.
 
-The CronJobs and Deployments set these variables; on a laptop nothing needs to be set.
+The CronJobs and Deployments set these variables; on a laptop nothing needs to be set. A setting that
+carries credentials can also be given as a file: ``DATABASE_URL_FILE`` names a file holding the URL
+(how the cluster passes it, from a Secret mounted as a file).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from ml.errors import BadInputError
 
 STORE_ENV = "ML_STORE"
 DATABASE_ENV = "DATABASE_URL"
@@ -19,12 +24,37 @@ DEFAULT_DATABASE_URL = "sqlite:///var/purchases.db"
 DEFAULT_MODEL_NAME = "purchase-classifier"
 
 
+def env_setting(name: str) -> str | None:
+    """The value of the variable ``name``, or the contents of the file its ``<name>_FILE`` names.
+
+    Both set is refused rather than ranked: a stale variable silently winning over the mounted Secret
+    (or the reverse) is the kind of surprise that points a job at the wrong database. One trailing
+    newline, which editors and ``kubectl create secret --from-file`` leave, is not part of the value.
+    """
+    file_name = f"{name}_FILE"
+    value = os.environ.get(name) or None
+    path = os.environ.get(file_name) or None
+    if path is None:
+        return value
+    if value is not None:
+        raise BadInputError(f"both {name} and {file_name} are set; set only one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except OSError as exc:
+        raise BadInputError(f"{file_name}={path}: cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{file_name}={path}: the file is not UTF-8 text") from None
+    if not text:
+        raise BadInputError(f"{file_name}={path}: the file is empty")
+    return text
+
+
 def default_store() -> str:
     return os.environ.get(STORE_ENV) or DEFAULT_STORE
 
 
 def default_database_url() -> str:
-    return os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
+    return env_setting(DATABASE_ENV) or DEFAULT_DATABASE_URL
 
 
 def default_model_name() -> str:
@@ -48,7 +78,7 @@ def add_database_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
         default=default_database_url(),
-        help=f"SQLAlchemy URL (env {DATABASE_ENV}; default {DEFAULT_DATABASE_URL})",
+        help=f"SQLAlchemy URL (env {DATABASE_ENV} or {DATABASE_ENV}_FILE, a file; default {DEFAULT_DATABASE_URL})",
     )
 
 
