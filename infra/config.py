@@ -205,11 +205,13 @@ class DaskScheduler(_Model):
 class DaskWorkers(_Model):
     """The Dask workers Deployment; threads and memory limit are derived from `resources.limits`."""
 
-    replicas: int = Field(ge=1, le=200, description="Worker pods when no autoscaling is configured.")
-    resources: Resources = Field(description="Worker container resources.")
-    autoscaling: Autoscaling | None = Field(
-        default=None, description="Optional HPA on worker CPU; omit for a fixed `replicas`."
+    replicas: int = Field(
+        ge=1,
+        le=200,
+        description="Worker pods (fixed: no CPU autoscaler removes a worker holding results); Karpenter "
+        "adds and removes Dask nodes to fit them.",
     )
+    resources: Resources = Field(description="Worker container resources.")
 
 
 class Dask(_Model):
@@ -260,6 +262,54 @@ class Jobs(_Model):
     predict: CronJob = Field(description="Unlabeled purchases to predictions table (on Dask).")
 
 
+class Monitoring(_Model):
+    """Prometheus Operator objects (ServiceMonitors, PodMonitor, PrometheusRule) and the Grafana dashboard.
+
+    Off by default: the `monitoring.coreos.com` kinds exist only where the Prometheus Operator (e.g.
+    kube-prometheus-stack) is installed, and applying them elsewhere fails.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="Declare the monitoring objects; needs the Prometheus Operator's CRDs in the cluster.",
+    )
+    namespace: DnsLabel = Field(
+        default="monitoring",
+        description="Namespace of Prometheus and Grafana: admitted to the metrics ports by the NetworkPolicies, "
+        "and home of the dashboard ConfigMap (Grafana's sidecar watches its own namespace by default).",
+    )
+    selector_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels put on the monitors and the rule so your Prometheus selects them "
+        "(kube-prometheus-stack: `release: <release name>`).",
+    )
+    runbook_url: str = Field(
+        default="docs/runbook.md",
+        min_length=1,
+        description="Where readers open `docs/runbook.md` (e.g. its page in your repository's web view); "
+        "each alert's `runbook_url` is this plus `#<alert name in lower case>`.",
+    )
+    latency_p99_seconds: float = Field(
+        default=0.25, gt=0.0, le=60.0, description="Serving SLO: p99 latency of the prediction routes over 5 min."
+    )
+    error_ratio: float = Field(
+        default=0.01, gt=0.0, lt=1.0, description="Serving SLO: share of requests answered 5xx over 5 min."
+    )
+    confidence_drift: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Alert when a model version's mean confidence over 1 h falls this far below its validation mean.",
+    )
+    review_share_drift: float = Field(
+        default=0.10,
+        gt=0.0,
+        lt=1.0,
+        description="Alert when a model version's share flagged for review over 1 h rises this far above "
+        "its validation share.",
+    )
+
+
 class Workloads(_Model):
     """Kubernetes workloads (declared by `infra/k8s`)."""
 
@@ -268,23 +318,68 @@ class Workloads(_Model):
     dask: Dask = Field(description="Dask scheduler and workers.")
     serving: Serving = Field(description="REST serving.")
     jobs: Jobs = Field(description="Refresh, train and predict CronJobs.")
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring, description="Prometheus Operator monitors, alert rules and the Grafana dashboard."
+    )
 
 
 # --------------------------------------------------------------------------- AWS platform
 
 
-class NodeGroup(_Model):
-    """One EKS managed node group."""
+ADDON_NAMES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent", "coredns", "aws-ebs-csi-driver", "metrics-server")
+"""EKS managed addons every eks-mode cluster runs (metrics-server: the HPAs' resource metrics)."""
+
+_ADDON_VERSION_RE = r"^v\d+\.\d+\.\d+-eksbuild\.\d+$"
+
+
+class AddonVersions(_Model):
+    """Exact EKS addon versions for one Kubernetes version (``aws eks describe-addon-versions``)."""
+
+    vpc_cni: str = Field(pattern=_ADDON_VERSION_RE)
+    kube_proxy: str = Field(pattern=_ADDON_VERSION_RE)
+    eks_pod_identity_agent: str = Field(pattern=_ADDON_VERSION_RE)
+    coredns: str = Field(pattern=_ADDON_VERSION_RE)
+    aws_ebs_csi_driver: str = Field(pattern=_ADDON_VERSION_RE)
+    metrics_server: str = Field(pattern=_ADDON_VERSION_RE)
+
+    def for_addon(self, addon: str) -> str:
+        """The pinned version of ``addon`` (an :data:`ADDON_NAMES` entry)."""
+        return str(getattr(self, addon.replace("-", "_")))
+
+
+DEFAULT_CLUSTER_VERSION = "1.35"
+SUPPORTED_CLUSTER_VERSIONS: dict[str, AddonVersions] = {
+    # EKS standard support for 1.35 runs into 2027. Versions as `aws eks describe-addon-versions
+    # --kubernetes-version 1.35` listed them in October 2026 (defaults, or the newest build where
+    # the default lagged). Upgrading the cluster starts by adding the next version's row here
+    # (docs/cluster.md, "Upgrading the cluster").
+    "1.35": AddonVersions(
+        vpc_cni="v1.22.4-eksbuild.3",
+        kube_proxy="v1.35.3-eksbuild.29",
+        eks_pod_identity_agent="v1.3.10-eksbuild.3",
+        coredns="v1.13.2-eksbuild.31",
+        aws_ebs_csi_driver="v1.64.0-eksbuild.1",
+        metrics_server="v0.9.0-eksbuild.6",
+    ),
+}
+"""Cluster versions this program supports, each with its pinned addon versions."""
+
+GIB_PER_VCPU = {"c": 2, "m": 4, "r": 8}
+"""Memory per vCPU of the EC2 instance categories a node pool may use (compute, general, memory)."""
+
+
+class SystemNodes(_Model):
+    """The small on-demand managed node group for system pods and Karpenter itself (tainted
+    ``CriticalAddonsOnly``: workloads go to the Karpenter pools)."""
 
     instance_types: list[str] = Field(min_length=1, description="EC2 instance types, preferred first.")
-    capacity_type: Literal["ON_DEMAND", "SPOT"] = Field(description="`ON_DEMAND` or `SPOT`.")
-    min_size: int = Field(ge=0, le=100, description="Fewest nodes.")
-    max_size: int = Field(ge=1, le=100, description="Most nodes.")
-    desired_size: int = Field(ge=0, le=100, description="Nodes at creation (the autoscaler owns it after).")
-    disk_size_gb: int = Field(default=50, ge=20, le=1000, description="Root volume size in GiB.")
+    min_size: int = Field(ge=1, le=10, description="Fewest nodes (Karpenter runs here, so at least 1).")
+    max_size: int = Field(ge=1, le=10, description="Most nodes.")
+    desired_size: int = Field(ge=1, le=10, description="Nodes at creation; later changes are ignored.")
+    disk_size_gb: int = Field(default=50, ge=20, le=1000, description="Encrypted gp3 root volume size in GiB.")
 
     @model_validator(mode="after")
-    def _sizes_ordered(self) -> NodeGroup:
+    def _sizes_ordered(self) -> SystemNodes:
         if not self.min_size <= self.desired_size <= self.max_size:
             raise ValueError(
                 f"sizes must satisfy minSize <= desiredSize <= maxSize, got {self.min_size} <= "
@@ -293,18 +388,46 @@ class NodeGroup(_Model):
         return self
 
 
-class NodeGroups(_Model):
-    """The two node groups: system (on-demand) and Dask workers (tainted)."""
+class NodePool(_Model):
+    """One Karpenter NodePool: which instances it may launch, and how much in total."""
 
-    system: NodeGroup = Field(description="Runs system addons, the scheduler, serving and jobs; must be ON_DEMAND.")
-    dask: NodeGroup = Field(description="Runs Dask workers only (labelled and tainted); SPOT is fine.")
+    capacity_types: list[Literal["spot", "on-demand"]] = Field(
+        min_length=1, description="`spot` and/or `on-demand`; with both, Karpenter prefers spot."
+    )
+    instance_categories: list[Literal["c", "m", "r"]] = Field(
+        min_length=1, description="EC2 categories: `c` (2 GiB/vCPU), `m` (4), `r` (8)."
+    )
+    min_instance_cpu: int = Field(ge=1, le=192, description="Smallest instance size, in vCPUs.")
+    max_instance_cpu: int = Field(ge=1, le=192, description="Largest instance size, in vCPUs.")
+    min_instance_generation: int = Field(default=6, ge=1, le=10, description="Oldest instance generation.")
+    limits: Quantities = Field(description="Most CPU and memory the pool's nodes may add up to.")
+    disk_size_gb: int = Field(default=50, ge=20, le=1000, description="Encrypted gp3 root volume size in GiB.")
 
-    @field_validator("system")
-    @classmethod
-    def _system_on_demand(cls, value: NodeGroup) -> NodeGroup:
-        if value.capacity_type != "ON_DEMAND":
-            raise ValueError(f"capacityType {value.capacity_type!r} not allowed: the system group must be ON_DEMAND")
-        return value
+    @model_validator(mode="after")
+    def _cpu_ordered(self) -> NodePool:
+        if self.min_instance_cpu > self.max_instance_cpu:
+            raise ValueError(f"minInstanceCpu {self.min_instance_cpu} is above maxInstanceCpu {self.max_instance_cpu}")
+        for key in ("capacity_types", "instance_categories"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{to_camel(key)} {values} lists a value twice")
+        return self
+
+
+class NodePools(_Model):
+    """The two Karpenter NodePools."""
+
+    dask: NodePool = Field(description="Dask workers only (labelled and tainted); spot is fine.")
+    general: NodePool = Field(description="Scheduler, serving and jobs.")
+
+
+class Protection(_Model):
+    """Guards on the stateful resources: EKS cluster, KMS keys, bucket and ECR repository."""
+
+    protect: bool = Field(default=True, description="Pulumi refuses to delete them (`protect`).")
+    retain_on_delete: bool = Field(
+        default=True, description="Deleting them from the program leaves them in AWS (`retainOnDelete`)."
+    )
 
 
 class Cluster(_Model):
@@ -316,7 +439,9 @@ class Cluster(_Model):
     )
     name: DnsLabel = Field(description="Cluster name (eks) or a label for the existing cluster.")
     version: str = Field(
-        default="1.32", pattern=r"^1\.\d{2}$", description="Kubernetes version of the EKS control plane."
+        default=DEFAULT_CLUSTER_VERSION,
+        description="Kubernetes version of the control plane; one of "
+        f"{', '.join(SUPPORTED_CLUSTER_VERSIONS)} (eks mode: addon versions are pinned per version).",
     )
     endpoint_public_access: bool = Field(
         default=False, description="Expose the API endpoint publicly (only to `publicAccessCidrs`)."
@@ -331,7 +456,10 @@ class Cluster(_Model):
         default=30,
         description=f"Control-plane log retention; one of {', '.join(map(str, LOG_RETENTION_DAYS))}.",
     )
-    node_groups: NodeGroups | None = Field(default=None, description="Managed node groups (eks mode).")
+    system_nodes: SystemNodes | None = Field(
+        default=None, description="Managed node group for system pods and Karpenter (eks mode)."
+    )
+    node_pools: NodePools | None = Field(default=None, description="Karpenter NodePools (eks mode).")
     context: str | None = Field(
         default=None, description="Kubeconfig context (existing mode); default is the current context."
     )
@@ -350,6 +478,20 @@ class Cluster(_Model):
         for arn in value:
             if not _ROLE_ARN_RE.match(arn):
                 raise ValueError(f"{arn!r} is not an IAM role ARN (arn:aws:iam::<12 digits>:role/<name>)")
+        # Two access entries for one principal cannot exist: EKS rejects the second mid-update.
+        duplicates = sorted({arn for arn in value if value.count(arn) > 1})
+        if duplicates:
+            raise ValueError(f"{duplicates} listed more than once; each role gets exactly one access entry")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _supported_version(cls, value: str) -> str:
+        if value not in SUPPORTED_CLUSTER_VERSIONS:
+            raise ValueError(
+                f"{value!r} is not a supported cluster version; supported: {', '.join(SUPPORTED_CLUSTER_VERSIONS)} "
+                "(add the next version's addon row to infra/config.py first)"
+            )
         return value
 
     @field_validator("log_retention_days")
@@ -362,8 +504,8 @@ class Cluster(_Model):
     @model_validator(mode="after")
     def _mode_rules(self) -> Cluster:
         if self.mode == "eks":
-            if self.node_groups is None:
-                raise ValueError("nodeGroups is required when mode is 'eks'")
+            if self.system_nodes is None or self.node_pools is None:
+                raise ValueError("systemNodes and nodePools are required when mode is 'eks'")
             if self.endpoint_public_access and not self.public_access_cidrs:
                 raise ValueError("endpointPublicAccess is true but publicAccessCidrs is empty; list CIDRs")
         return self
@@ -437,6 +579,13 @@ class Ecr(_Model):
         default=PROJECT, pattern=r"^[a-z0-9][a-z0-9._/-]{1,255}$", description="Repository name."
     )
     untagged_expiry_days: int = Field(default=7, ge=1, le=365, description="Expire untagged images after this.")
+    keep_tagged_images: int = Field(
+        default=50,
+        ge=10,
+        le=1000,
+        description="Keep the newest this many tagged images, expire older ones; must cover every image a "
+        "stack runs or may roll back to (promoted registries hold only promoted images).",
+    )
     force_delete: bool = Field(default=False, description="Let `pulumi destroy` delete a repository with images.")
 
 
@@ -454,6 +603,9 @@ class StackConfig(_Model):
     network: Network | None = Field(default=None, description="VPC settings (required in eks mode).")
     storage: Storage = Field(description="Object store settings.")
     ecr: Ecr = Field(default_factory=Ecr, description="ECR repository settings (eks mode).")
+    protection: Protection = Field(
+        default_factory=Protection, description="`protect`/`retainOnDelete` of the stateful resources (eks mode)."
+    )
     registry: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)+$",

@@ -63,10 +63,10 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
     opts = pulumi.ResourceOptions(providers=[provider])
     # The account the provider's credentials deploy into: Pod Identity trust policies pin it.
     account_id = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(provider=provider)).account_id
-    network = Network("network", cfg.network, cfg.cluster.name, region, opts=opts)
-    cluster = Cluster("cluster", cfg.cluster, network.private_subnet_ids, region, account_id, opts=opts)
-    registry = Registry("registry", cfg.ecr, opts=opts)
-    storage = Storage("storage", cfg.storage, bucket_prefix=f"{PROJECT}-{stack}-", opts=opts)
+    network = Network("network", cfg.network, cfg.cluster.name, region, account_id, cfg.protection, opts=opts)
+    cluster = Cluster("cluster", cfg.cluster, network.private_subnet_ids, region, account_id, cfg.protection, opts=opts)
+    registry = Registry("registry", cfg.ecr, cfg.protection, opts=opts)
+    storage = Storage("storage", cfg.storage, bucket_prefix=f"{PROJECT}-{stack}-", protection=cfg.protection, opts=opts)
     identities = Identities(
         "identities",
         cluster_name=cluster.name,

@@ -1,84 +1,86 @@
-"""The EKS cluster: control plane, access entries, node groups, addons and a Kubernetes provider.
+"""The EKS cluster: control plane, access entries, system node group, addons, Karpenter, and a
+Kubernetes provider.
 
 Secure by default (principle 5): secrets envelope-encrypted with a KMS key, control-plane logs with
-retention, the private endpoint always on and the public one off or limited to CIDRs, access through
-EKS access entries (``API`` mode) instead of the ``aws-auth`` ConfigMap.
+retention in a KMS-encrypted log group, the private endpoint always on and the public one off or
+limited to CIDRs, access only through explicit EKS access entries (``API`` mode, the creator gets no
+implicit admin), IMDSv2 with hop limit 1 and encrypted gp3 root volumes on every node, and
+NetworkPolicies enforced by the VPC CNI. Addon versions are pinned per cluster version
+(:data:`infra.config.SUPPORTED_CLUSTER_VERSIONS`); the upgrade policy keeps the cluster on standard
+support, so an unsupported version is upgraded by AWS instead of billed as extended support.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra.aws.policies import assume_role_policy, cluster_assume_role_policy, pod_identity_trust_policy
+from infra.aws.karpenter import DISCOVERY_TAG, NODE_POLICIES, SYSTEM_TAINT_KEY, Karpenter
+from infra.aws.policies import (
+    assume_role_policy,
+    cluster_assume_role_policy,
+    key_policy_for_logs,
+    pod_identity_trust_policy,
+)
+from infra.config import SUPPORTED_CLUSTER_VERSIONS, Protection
 from infra.config import Cluster as ClusterConfig
-from infra.config import NodeGroup as NodeGroupConfig
-from infra.naming import DASK_NODE_LABEL_KEY, DASK_NODE_LABEL_VALUE, DASK_TAINT_KEY, DASK_TAINT_VALUE
 
 CONTROL_PLANE_LOGS = ("api", "audit", "authenticator")
-ADDONS = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent", "coredns", "aws-ebs-csi-driver")
-ADDONS_NEEDING_NODES = frozenset({"coredns", "aws-ebs-csi-driver"})
-"""These run as Deployments; creating them before any node exists leaves them degraded."""
+ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
+"""Node networking and credentials: in place before the first node joins."""
+ADDONS_ON_SYSTEM_NODES = ("coredns", "aws-ebs-csi-driver")
+"""Deployments that tolerate the system nodes' taint; created once those nodes exist."""
+ADDONS_ON_POOL_NODES = ("metrics-server",)
+"""A Deployment that does not tolerate the system taint: created once Karpenter can give it a node."""
+VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+"""The VPC CNI enforces NetworkPolicies only with this (its network policy agent); without it the
+namespace's default-deny and every allow-list are ignored."""
 EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
 _MANAGED = "arn:aws:iam::aws:policy/"
 CLUSTER_POLICIES = (f"{_MANAGED}AmazonEKSClusterPolicy",)
-NODE_POLICIES = (
-    f"{_MANAGED}AmazonEKSWorkerNodePolicy",
-    f"{_MANAGED}AmazonEKS_CNI_Policy",
-    f"{_MANAGED}AmazonEC2ContainerRegistryPullOnly",
-)
 EBS_CSI_POLICY = f"{_MANAGED}service-role/AmazonEBSCSIDriverPolicy"
 ADMIN_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
+IMDS_HOP_LIMIT = 1
+"""IMDSv2 only, one hop: a pod (one hop further than the node) cannot read the node role's credentials."""
 
 
-@dataclass(frozen=True)
-class NodeGroupSpec:
-    """Everything a managed node group needs besides the cluster and subnets."""
-
-    name: str
-    instance_types: list[str]
-    capacity_type: str
-    min_size: int
-    max_size: int
-    desired_size: int
-    disk_size: int
-    labels: dict[str, str] = field(default_factory=dict)
-    taints: list[dict[str, str]] = field(default_factory=list)
+def stateful_options(protection: Protection, parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
+    """Options of a resource whose loss loses data or access (cluster, KMS key, bucket, registry)."""
+    return pulumi.ResourceOptions(
+        parent=parent, protect=protection.protect, retain_on_delete=protection.retain_on_delete, **extra
+    )
 
 
-def node_group_specs(system: NodeGroupConfig, dask: NodeGroupConfig) -> list[NodeGroupSpec]:
-    """The system and Dask node groups.
-
-    The Dask group is labelled (workers select it) and tainted ``NO_SCHEDULE`` (nothing else lands
-    on it, so a spot reclaim never takes serving or CoreDNS down).
-    """
-
-    def spec(name: str, ng: NodeGroupConfig, **extra: Any) -> NodeGroupSpec:
-        return NodeGroupSpec(
-            name=name,
-            instance_types=list(ng.instance_types),
-            capacity_type=ng.capacity_type,
-            min_size=ng.min_size,
-            max_size=ng.max_size,
-            desired_size=ng.desired_size,
-            disk_size=ng.disk_size_gb,
-            **extra,
-        )
-
-    return [
-        spec("system", system, labels={"purchase-classifier/pool": "system"}),
-        spec(
-            "dask",
-            dask,
-            labels={DASK_NODE_LABEL_KEY: DASK_NODE_LABEL_VALUE},
-            taints=[{"key": DASK_TAINT_KEY, "value": DASK_TAINT_VALUE, "effect": "NO_SCHEDULE"}],
-        ),
-    ]
+def encrypted_log_group(
+    name: str,
+    log_group_name: pulumi.Input[str],
+    retention_days: int,
+    region: str,
+    account_id: pulumi.Input[str],
+    protection: Protection,
+    parent: pulumi.Resource,
+) -> aws.cloudwatch.LogGroup:
+    """A log group encrypted with its own KMS key (rotated; CloudWatch Logs may use it, nothing else)."""
+    key = aws.kms.Key(
+        f"{name}-key",
+        description=f"CloudWatch Logs encryption ({name})",
+        enable_key_rotation=True,
+        deletion_window_in_days=30,
+        policy=pulumi.Output.from_input(account_id).apply(lambda a: json.dumps(key_policy_for_logs(a, region))),
+        opts=stateful_options(protection, parent),
+    )
+    return aws.cloudwatch.LogGroup(
+        name,
+        name=log_group_name,
+        retention_in_days=retention_days,
+        kms_key_id=key.arn,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
 
 
 def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def _role(name: str, trust: pulumi.Input[str], policies: tuple[str, ...], parent
 
 
 class Cluster(pulumi.ComponentResource):
-    """EKS control plane, node groups, addons, and a Kubernetes provider for the workloads."""
+    """EKS control plane, system node group, addons, Karpenter, and a Kubernetes provider."""
 
     name: pulumi.Output[str]
     endpoint: pulumi.Output[str]
@@ -139,11 +141,14 @@ class Cluster(pulumi.ComponentResource):
         subnet_ids: list[pulumi.Output[str]],
         region: str,
         account_id: pulumi.Input[str],
+        protection: Protection | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:aws:Cluster", name, None, opts)
-        if cfg.node_groups is None:  # config validation guarantees it in eks mode
-            raise ValueError("cluster.nodeGroups is required in eks mode")
+        if cfg.system_nodes is None or cfg.node_pools is None:  # config validation guarantees both in eks mode
+            raise ValueError("cluster.systemNodes and cluster.nodePools are required in eks mode")
+        protection = protection or Protection()
+        addon_versions = SUPPORTED_CLUSTER_VERSIONS[cfg.version]
         child = pulumi.ResourceOptions(parent=self)
 
         cluster_role = _role(f"{name}-cluster", json.dumps(cluster_assume_role_policy()), CLUSTER_POLICIES, self)
@@ -152,14 +157,17 @@ class Cluster(pulumi.ComponentResource):
             description=f"Envelope encryption of Kubernetes secrets in EKS cluster {cfg.name}",
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            opts=child,
+            opts=stateful_options(protection, self),
         )
-        # Created before the cluster so EKS does not create it without retention.
-        log_group = aws.cloudwatch.LogGroup(
+        # Created before the cluster so EKS does not create it without retention or encryption.
+        log_group = encrypted_log_group(
             f"{name}-logs",
-            name=f"/aws/eks/{cfg.name}/cluster",
-            retention_in_days=cfg.log_retention_days,
-            opts=child,
+            f"/aws/eks/{cfg.name}/cluster",
+            cfg.log_retention_days,
+            region,
+            account_id,
+            protection,
+            self,
         )
         cluster = aws.eks.Cluster(
             f"{name}-eks",
@@ -174,20 +182,33 @@ class Cluster(pulumi.ComponentResource):
             ),
             access_config=aws.eks.ClusterAccessConfigArgs(
                 authentication_mode="API",
-                bootstrap_cluster_creator_admin_permissions=True,
+                # Every admin is an explicit access entry below; an implicit one for whoever ran the
+                # first `pulumi up` would appear nowhere in code and collide with an explicit entry.
+                bootstrap_cluster_creator_admin_permissions=False,
             ),
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             encryption_config=aws.eks.ClusterEncryptionConfigArgs(
                 provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=secrets_key.arn),
                 resources=["secrets"],
             ),
             enabled_cluster_log_types=list(CONTROL_PLANE_LOGS),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
+            opts=stateful_options(protection, self, depends_on=[log_group]),
+        )
+        # Karpenter finds the cluster security group (EKS creates it) by this tag.
+        aws.ec2.Tag(
+            f"{name}-sg-discovery",
+            resource_id=cluster.vpc_config.cluster_security_group_id,
+            key=DISCOVERY_TAG,
+            value=cfg.name,
+            opts=child,
         )
 
+        admin_entries = []
         for i, arn in enumerate(cfg.admin_role_arns):
             entry = aws.eks.AccessEntry(
                 f"{name}-admin-{i}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=child
             )
+            admin_entries.append(entry)
             aws.eks.AccessPolicyAssociation(
                 f"{name}-admin-{i}",
                 cluster_name=cluster.name,
@@ -197,72 +218,93 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
             )
 
-        node_role = _role(f"{name}-node", json.dumps(assume_role_policy("ec2.amazonaws.com")), NODE_POLICIES, self)
-        base_addons = []
-        for addon in ADDONS:
-            if addon in ADDONS_NEEDING_NODES:
-                continue
-            base_addons.append(
-                aws.eks.Addon(
-                    f"{name}-{addon}",
-                    cluster_name=cluster.name,
-                    addon_name=addon,
-                    resolve_conflicts_on_create="OVERWRITE",
-                    resolve_conflicts_on_update="OVERWRITE",
-                    opts=child,
-                )
+        def addon(addon_name: str, depends_on: list[pulumi.Resource], **extra: Any) -> aws.eks.Addon:
+            return aws.eks.Addon(
+                f"{name}-{addon_name}",
+                cluster_name=cluster.name,
+                addon_name=addon_name,
+                addon_version=addon_versions.for_addon(addon_name),
+                resolve_conflicts_on_create="OVERWRITE",
+                resolve_conflicts_on_update="OVERWRITE",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+                **extra,
             )
 
-        groups = []
-        for spec in node_group_specs(cfg.node_groups.system, cfg.node_groups.dask):
-            groups.append(
-                aws.eks.NodeGroup(
-                    f"{name}-{spec.name}",
-                    cluster_name=cluster.name,
-                    node_group_name_prefix=f"{cfg.name}-{spec.name}-",
-                    node_role_arn=node_role.arn,
-                    subnet_ids=subnet_ids,
-                    instance_types=spec.instance_types,
-                    capacity_type=spec.capacity_type,
-                    disk_size=spec.disk_size,
-                    scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                        min_size=spec.min_size, max_size=spec.max_size, desired_size=spec.desired_size
-                    ),
-                    update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
-                    labels=spec.labels,
-                    taints=[aws.eks.NodeGroupTaintArgs(**t) for t in spec.taints],
-                    opts=pulumi.ResourceOptions(
-                        parent=self,
-                        depends_on=base_addons,
-                        # The cluster autoscaler owns desired size after creation.
-                        ignore_changes=["scalingConfig.desiredSize"],
+        base_addons = [
+            addon(
+                a,
+                [],
+                configuration_values=json.dumps(VPC_CNI_CONFIGURATION) if a == "vpc-cni" else None,
+            )
+            for a in ADDONS_BEFORE_NODES
+        ]
+
+        system = cfg.system_nodes
+        node_role = _role(f"{name}-node", json.dumps(assume_role_policy("ec2.amazonaws.com")), NODE_POLICIES, self)
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-system",
+            description=f"System nodes of {cfg.name}: IMDSv2 with hop limit 1, encrypted gp3 root volume",
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=IMDS_HOP_LIMIT
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=system.disk_size_gb,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
                     ),
                 )
-            )
+            ],
+            update_default_version=True,
+            opts=child,
+        )
+        system_group = aws.eks.NodeGroup(
+            f"{name}-system",
+            cluster_name=cluster.name,
+            node_group_name_prefix=f"{cfg.name}-system-",
+            node_role_arn=node_role.arn,
+            subnet_ids=subnet_ids,
+            instance_types=list(system.instance_types),
+            capacity_type="ON_DEMAND",
+            ami_type=SYSTEM_AMI_TYPE,
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=system.min_size, max_size=system.max_size, desired_size=system.desired_size
+            ),
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            labels={"purchase-classifier/pool": "system"},
+            taints=[aws.eks.NodeGroupTaintArgs(key=SYSTEM_TAINT_KEY, value="true", effect="NO_SCHEDULE")],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=base_addons,
+                # Set at creation; resizing by hand (or an upgrade surge) is not undone by `pulumi up`.
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
 
         ebs_trust = pulumi.Output.from_input(account_id).apply(lambda a: json.dumps(pod_identity_trust_policy(a)))
         ebs_role = _role(f"{name}-ebs-csi", ebs_trust, (EBS_CSI_POLICY,), self)
-        node_addons = []
-        for addon in sorted(ADDONS_NEEDING_NODES):
-            node_addons.append(
-                aws.eks.Addon(
-                    f"{name}-{addon}",
-                    cluster_name=cluster.name,
-                    addon_name=addon,
-                    resolve_conflicts_on_create="OVERWRITE",
-                    resolve_conflicts_on_update="OVERWRITE",
-                    pod_identity_associations=(
-                        [
-                            aws.eks.AddonPodIdentityAssociationArgs(
-                                role_arn=ebs_role.arn, service_account=EBS_CSI_SERVICE_ACCOUNT
-                            )
-                        ]
-                        if addon == "aws-ebs-csi-driver"
-                        else None
-                    ),
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=groups),
-                )
+        system_addons = [
+            addon(
+                a,
+                [system_group],
+                pod_identity_associations=(
+                    [
+                        aws.eks.AddonPodIdentityAssociationArgs(
+                            role_arn=ebs_role.arn, service_account=EBS_CSI_SERVICE_ACCOUNT
+                        )
+                    ]
+                    if a == "aws-ebs-csi-driver"
+                    else None
+                ),
             )
+            for a in ADDONS_ON_SYSTEM_NODES
+        ]
 
         config_json = pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
             lambda args: json.dumps(kubeconfig(args[0], args[1], args[2] or "", region))
@@ -271,8 +313,20 @@ class Cluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*groups, *node_addons]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_group, *system_addons, *admin_entries]),
         )
+        self.karpenter = Karpenter(
+            "karpenter",
+            cluster_name=cluster.name,
+            pools=cfg.node_pools,
+            region=region,
+            account_id=account_id,
+            k8s_provider=self.provider,
+            replicas=min(2, system.min_size),
+            opts=child,
+        )
+        for a in ADDONS_ON_POOL_NODES:
+            addon(a, list(self.karpenter.node_pools))
         self.name = cluster.name
         self.endpoint = cluster.endpoint
         self.register_outputs({"name": self.name, "endpoint": self.endpoint, "kubeconfig": self.kubeconfig})

@@ -1,19 +1,28 @@
-"""The VPC: public and private subnets across AZs, NAT, and VPC endpoints.
+"""The VPC: public and private subnets across AZs, NAT, VPC endpoints and flow logs.
 
 Nodes live in private subnets; public subnets hold only NAT gateways and internet-facing load
 balancers. Subnets carry the ``kubernetes.io/role/*`` tags the AWS load balancer controller uses to
-pick them.
+pick them, and the private ones the tag Karpenter places nodes by. Every flow (accepted and
+rejected) is logged to a KMS-encrypted log group.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 
+from infra.aws.cluster import encrypted_log_group
+from infra.aws.karpenter import DISCOVERY_TAG
+from infra.aws.policies import assume_role_policy, flow_logs_delivery_policy
 from infra.config import Network as NetworkConfig
+from infra.config import Protection
+
+FLOW_LOG_RETENTION_DAYS = 90
+"""Long enough to investigate an incident found weeks later; flow logs are bulky, so not longer."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,12 @@ def subnet_layout(cidr: str, zones: list[str], cluster_name: str) -> list[Subnet
                 availability_zone=zone,
                 cidr=str(eighths[i]),
                 public=False,
-                tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1"} | cluster_tag,
+                tags={
+                    "Name": f"{cluster_name}-private-{zone}",
+                    "kubernetes.io/role/internal-elb": "1",
+                    DISCOVERY_TAG: cluster_name,
+                }
+                | cluster_tag,
             )
         )
         specs.append(
@@ -89,6 +103,8 @@ class Network(pulumi.ComponentResource):
         cfg: NetworkConfig,
         cluster_name: str,
         region: str,
+        account_id: pulumi.Input[str],
+        protection: Protection | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:aws:Network", name, None, opts)
@@ -205,6 +221,37 @@ class Network(pulumi.ComponentResource):
                     tags={"Name": f"{cluster_name}-{service}"},
                     opts=child,
                 )
+
+        flow_logs = encrypted_log_group(
+            f"{name}-flow-logs",
+            f"/aws/vpc/{cluster_name}/flow-logs",
+            FLOW_LOG_RETENTION_DAYS,
+            region,
+            account_id,
+            protection or Protection(),
+            self,
+        )
+        flow_role = aws.iam.Role(
+            f"{name}-flow-logs",
+            description=f"VPC flow logs of {cluster_name} into CloudWatch Logs",
+            assume_role_policy=json.dumps(assume_role_policy("vpc-flow-logs.amazonaws.com")),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-flow-logs",
+            role=flow_role.id,
+            policy=flow_logs.arn.apply(lambda arn: json.dumps(flow_logs_delivery_policy(arn))),
+            opts=child,
+        )
+        aws.ec2.FlowLog(
+            f"{name}-flow-logs",
+            vpc_id=vpc.id,
+            traffic_type="ALL",
+            log_destination_type="cloud-watch-logs",
+            log_destination=flow_logs.arn,
+            iam_role_arn=flow_role.arn,
+            opts=child,
+        )
 
         self.vpc_id = vpc.id
         self.private_subnet_ids = private_ids

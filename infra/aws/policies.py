@@ -153,6 +153,259 @@ def tls_only_bucket_policy(bucket_arn: str) -> Policy:
     }
 
 
+def key_policy_for_logs(account_id: str, region: str) -> Policy:
+    """KMS key policy: the account administers the key, CloudWatch Logs encrypts this account's
+    log groups in ``region`` with it (scoped by the log-group encryption context)."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "AccountAdministers",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "CloudWatchLogsEncrypts",
+                "Effect": "Allow",
+                "Principal": {"Service": f"logs.{region}.amazonaws.com"},
+                "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                "Resource": "*",
+                "Condition": {
+                    "ArnLike": {"kms:EncryptionContext:aws:logs:arn": f"arn:aws:logs:{region}:{account_id}:log-group:*"}
+                },
+            },
+        ],
+    }
+
+
+def flow_logs_delivery_policy(log_group_arn: str) -> Policy:
+    """What the VPC flow logs service may do with its one log group."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "DeliverFlowLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                "Resource": [log_group_arn, f"{log_group_arn}:*"],
+            }
+        ],
+    }
+
+
+def interruption_queue_policy(queue_arn: str) -> Policy:
+    """Karpenter's interruption queue: EventBridge and SQS may send to it; nothing without TLS."""
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "EventBridgeSends",
+                "Effect": "Allow",
+                "Principal": {"Service": ["events.amazonaws.com", "sqs.amazonaws.com"]},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+            },
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "sqs:*",
+                "Resource": queue_arn,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            },
+        ],
+    }
+
+
+def karpenter_controller_policy(
+    *, region: str, account_id: str, cluster_name: str, node_role_arn: str, queue_arn: str
+) -> Policy:
+    """The Karpenter controller's identity policy (Karpenter v1), as terraform-aws-eks's karpenter
+    module and Karpenter's own CloudFormation write it.
+
+    Every write is scoped to this region and to resources tagged for this cluster and a NodePool;
+    the statements on resource ``*`` hold only read actions (``Describe*``/``Get*``), which EC2 and
+    the pricing API do not scope by resource.
+    """
+    ec2 = f"arn:aws:ec2:{region}"
+    owned = {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned"}
+    request_owned = {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned"}
+    created = [f"{ec2}:*:{kind}/*" for kind in _KARPENTER_CREATED]
+    profile = f"arn:aws:iam::{account_id}:instance-profile/*"
+    region_tag = "topology.kubernetes.io/region"
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "AllowScopedEC2InstanceAccessActions",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+                "Resource": [
+                    f"{ec2}::image/*",
+                    f"{ec2}::snapshot/*",
+                    f"{ec2}:*:security-group/*",
+                    f"{ec2}:*:subnet/*",
+                    f"{ec2}:*:capacity-reservation/*",
+                ],
+            },
+            {
+                "Sid": "AllowScopedEC2LaunchTemplateAccessActions",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+                "Resource": [f"{ec2}:*:launch-template/*"],
+                "Condition": {"StringEquals": owned, "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}},
+            },
+            {
+                "Sid": "AllowScopedEC2InstanceActionsWithTags",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate"],
+                "Resource": created,
+                "Condition": {
+                    "StringEquals": request_owned | {"aws:RequestTag/eks:eks-cluster-name": cluster_name},
+                    "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"},
+                },
+            },
+            {
+                "Sid": "AllowScopedResourceCreationTagging",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags"],
+                "Resource": created,
+                "Condition": {
+                    "StringEquals": request_owned
+                    | {
+                        "aws:RequestTag/eks:eks-cluster-name": cluster_name,
+                        "ec2:CreateAction": ["RunInstances", "CreateFleet", "CreateLaunchTemplate"],
+                    },
+                    "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"},
+                },
+            },
+            {
+                "Sid": "AllowScopedResourceTagging",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags"],
+                "Resource": [f"{ec2}:*:instance/*"],
+                "Condition": {
+                    "StringEquals": owned,
+                    "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"},
+                    "StringEqualsIfExists": {"aws:RequestTag/eks:eks-cluster-name": cluster_name},
+                    "ForAllValues:StringEquals": {
+                        "aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim", "Name"]
+                    },
+                },
+            },
+            {
+                "Sid": "AllowScopedDeletion",
+                "Effect": "Allow",
+                "Action": ["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
+                "Resource": [f"{ec2}:*:instance/*", f"{ec2}:*:launch-template/*"],
+                "Condition": {"StringEquals": owned, "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}},
+            },
+            {
+                "Sid": "AllowRegionalReadActions",
+                "Effect": "Allow",
+                "Action": [
+                    "ec2:DescribeAvailabilityZones",
+                    "ec2:DescribeImages",
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeInstanceTypeOfferings",
+                    "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplates",
+                    "ec2:DescribeSecurityGroups",
+                    "ec2:DescribeSpotPriceHistory",
+                    "ec2:DescribeSubnets",
+                ],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"aws:RequestedRegion": region}},
+            },
+            {
+                "Sid": "AllowSSMReadActions",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter"],
+                "Resource": [f"arn:aws:ssm:{region}::parameter/aws/service/*"],
+            },
+            {"Sid": "AllowPricingReadActions", "Effect": "Allow", "Action": ["pricing:GetProducts"], "Resource": "*"},
+            {
+                "Sid": "AllowInterruptionQueueActions",
+                "Effect": "Allow",
+                "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
+                "Resource": [queue_arn],
+            },
+            {
+                "Sid": "AllowPassingInstanceRole",
+                "Effect": "Allow",
+                "Action": ["iam:PassRole"],
+                "Resource": [node_role_arn],
+                "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            },
+            {
+                "Sid": "AllowScopedInstanceProfileCreationActions",
+                "Effect": "Allow",
+                "Action": ["iam:CreateInstanceProfile"],
+                "Resource": [profile],
+                "Condition": {
+                    "StringEquals": request_owned
+                    | {"aws:RequestTag/eks:eks-cluster-name": cluster_name, f"aws:RequestTag/{region_tag}": region},
+                    "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"},
+                },
+            },
+            {
+                "Sid": "AllowScopedInstanceProfileTagActions",
+                "Effect": "Allow",
+                "Action": ["iam:TagInstanceProfile"],
+                "Resource": [profile],
+                "Condition": {
+                    "StringEquals": owned
+                    | request_owned
+                    | {
+                        f"aws:ResourceTag/{region_tag}": region,
+                        f"aws:RequestTag/{region_tag}": region,
+                        "aws:RequestTag/eks:eks-cluster-name": cluster_name,
+                    },
+                    "StringLike": {
+                        "aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*",
+                        "aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*",
+                    },
+                },
+            },
+            {
+                "Sid": "AllowScopedInstanceProfileActions",
+                "Effect": "Allow",
+                "Action": [
+                    "iam:AddRoleToInstanceProfile",
+                    "iam:RemoveRoleFromInstanceProfile",
+                    "iam:DeleteInstanceProfile",
+                ],
+                "Resource": [profile],
+                "Condition": {
+                    "StringEquals": owned | {f"aws:ResourceTag/{region_tag}": region},
+                    "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"},
+                },
+            },
+            {
+                "Sid": "AllowInstanceProfileReadActions",
+                "Effect": "Allow",
+                "Action": ["iam:GetInstanceProfile"],
+                "Resource": [profile],
+            },
+            {
+                "Sid": "AllowAPIServerEndpointDiscovery",
+                "Effect": "Allow",
+                "Action": ["eks:DescribeCluster"],
+                "Resource": [f"arn:aws:eks:{region}:{account_id}:cluster/{cluster_name}"],
+            },
+        ],
+    }
+
+
+_KARPENTER_CREATED = ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")
+"""EC2 resource kinds Karpenter creates (and so may tag at creation)."""
+
+READ_ONLY_VERBS = ("Describe", "Get", "List")
+"""Action verbs that read; only they may be allowed on resource ``*``."""
+
+
 def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
@@ -160,8 +413,10 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
 def least_privilege_violations(policy: Policy) -> list[str]:
     """Why an identity policy is too broad (empty when it is fine).
 
-    Rules: no ``Allow`` of a service wildcard action (``s3:*``, ``*``), no ``Allow`` on resource
-    ``*``, no ``NotAction``/``NotResource`` allows. ``Deny`` statements are not grants and are skipped.
+    Rules: no ``Allow`` of a wildcard action (``s3:*``, ``*``, ``ec2:Describe*``), no
+    ``NotAction``/``NotResource`` allows, and resource ``*`` only for read actions (``Describe*``,
+    ``Get*``, ``List*``: the ones AWS cannot scope by resource). ``Deny`` statements are not grants and
+    are skipped; statements with a ``Principal`` (resource policies) are scoped by their resource.
     """
     problems = []
     for i, st in enumerate(policy.get("Statement", [])):
@@ -169,13 +424,15 @@ def least_privilege_violations(policy: Policy) -> list[str]:
             continue
         if "NotAction" in st or "NotResource" in st:
             problems.append(f"statement {i}: Allow with NotAction/NotResource")
-        for action in _as_list(st.get("Action", [])):
-            if action == "*" or action.endswith(":*"):
+        actions = _as_list(st.get("Action", []))
+        for action in actions:
+            if "*" in action:
                 problems.append(f"statement {i}: wildcard action {action!r}")
-        if "Principal" not in st:  # identity policy: resources must be scoped
+        writes = [a for a in actions if not a.split(":", 1)[-1].startswith(READ_ONLY_VERBS)]
+        if "Principal" not in st and writes:  # identity policy: what it changes must be scoped
             for resource in _as_list(st.get("Resource", [])):
                 if resource == "*" or resource.endswith(":*"):
-                    problems.append(f"statement {i}: wildcard resource {resource!r}")
+                    problems.append(f"statement {i}: {', '.join(writes)} on wildcard resource {resource!r}")
     return problems
 
 

@@ -13,7 +13,9 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra.aws.cluster import stateful_options
 from infra.aws.policies import tls_only_bucket_policy
+from infra.config import Protection
 from infra.config import Storage as StorageConfig
 from infra.naming import PREFIX_TRAINING
 
@@ -72,23 +74,29 @@ class Storage(pulumi.ComponentResource):
     kms_key_arn: pulumi.Output[str]
 
     def __init__(
-        self, name: str, cfg: StorageConfig, bucket_prefix: str, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        cfg: StorageConfig,
+        bucket_prefix: str,
+        protection: Protection | None = None,
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:aws:Storage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        protection = protection or Protection()
         key = aws.kms.Key(
             f"{name}-key",
             description="SSE-KMS for the purchase-classifier bucket",
             enable_key_rotation=True,
             deletion_window_in_days=30,
-            opts=child,
+            opts=stateful_options(protection, self),
         )
         bucket = aws.s3.Bucket(
             f"{name}-bucket",
             bucket=cfg.bucket_name,
             bucket_prefix=None if cfg.bucket_name else bucket_prefix,
             force_destroy=cfg.force_destroy,
-            opts=child,
+            opts=stateful_options(protection, self),
         )
         aws.s3.BucketOwnershipControls(
             f"{name}-ownership",

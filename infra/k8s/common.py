@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra.config import Autoscaling, Resources, Workloads
+from infra.config import DEFAULT_CLUSTER_VERSION, Autoscaling, Resources, Workloads
 from infra.naming import PROJECT
 
 Obj = dict[str, Any]
@@ -88,6 +88,8 @@ class Context:
     """Whether the cluster has the labelled, tainted Dask node group (eks mode) to pin workers to."""
     database_port: int | None = None
     """TCP port of the database, for the egress NetworkPolicy (``None``: SQLite or unknown)."""
+    kubernetes_version: str = DEFAULT_CLUSTER_VERSION
+    """The cluster's Kubernetes version (``cluster.version``): Pod Security Admission is pinned to it."""
 
     @property
     def namespace(self) -> str:

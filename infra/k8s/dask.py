@@ -1,5 +1,10 @@
 """The Dask cluster the train and predict jobs submit to: one scheduler, N workers.
 
+Workers are a fixed ``replicas`` and Karpenter adds or removes Dask nodes to fit them; no CPU
+autoscaler deletes a worker that holds results. A worker that goes anyway (rollout, node drain, spot
+reclaim) first retires through the scheduler (its ``preStop`` hook), which copies the results only it
+holds to the other workers before it exits: nothing is recomputed or lost.
+
 Builders follow the ``dask/dask-kubernetes`` operator: pure ``build_*`` functions return plain
 objects; :class:`DaskCluster` only registers them. Worker threads and memory limit are *derived* from
 the container limits so the two can never disagree (a Dask memory limit above the container limit
@@ -14,10 +19,9 @@ from functools import partial
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import Resources, Workloads, cpu_millicores, memory_bytes
+from infra.config import Resources, cpu_millicores, memory_bytes
 from infra.k8s.common import (
     DASK_CLIENTS,
-    HPA_OWNED_FIELDS,
     NANNY_PORT,
     SCHEDULER,
     SCHEDULER_DASHBOARD_PORT,
@@ -27,7 +31,6 @@ from infra.k8s.common import (
     WORKER_PORT,
     Context,
     Obj,
-    build_cpu_hpa,
     component_selector,
     container,
     env_value,
@@ -56,6 +59,20 @@ let the nanny restart the worker at terminate, all before the container limit is
 _MIB = 2**20
 NANNY_HEADROOM_MIB = 256
 """Memory kept outside the worker process's limit for the nanny and the Python runtime."""
+
+WORKER_TERMINATION_GRACE_SECONDS = 120
+"""Time to retire (hand results to other workers) before the kubelet kills the pod: AWS gives a spot
+instance two minutes' notice, and Karpenter drains it as soon as the notice arrives."""
+
+RETIRE_SCRIPT = """\
+import os, sys
+from distributed import Client
+
+with Client(sys.argv[1], timeout=10) as client:
+    client.retire_workers(names=[os.environ["POD_NAME"]], close_workers=True)
+"""
+"""The workers' ``preStop``: ask the scheduler to retire this worker (by its name, the pod name).
+The scheduler copies every result held only here to another worker, then closes this one."""
 
 SCHEDULER_ARGS = [
     "dask",
@@ -109,6 +126,11 @@ def worker_args(ctx: Context) -> list[str]:
         "--dashboard-address",
         f":{WORKER_DASHBOARD_PORT}",
     ]
+
+
+def retire_command(ctx: Context) -> list[str]:
+    """The ``preStop`` exec command: :data:`RETIRE_SCRIPT` against this cluster's scheduler."""
+    return ["python", "-c", RETIRE_SCRIPT, ctx.scheduler_address]
 
 
 def build_scheduler_deployment(ctx: Context) -> Obj:
@@ -197,6 +219,7 @@ def build_worker_deployment(ctx: Context) -> Obj:
     }
     if ctx.dask_node_pool:
         extra["nodeSelector"] = {DASK_NODE_LABEL_KEY: DASK_NODE_LABEL_VALUE}
+    main["lifecycle"] = {"preStop": {"exec": {"command": retire_command(ctx)}}}
     spill = 2 * memory_bytes(workers.resources.limits.memory) // _MIB
     return {
         "apiVersion": "apps/v1",
@@ -209,28 +232,26 @@ def build_worker_deployment(ctx: Context) -> Obj:
             "template": {
                 "metadata": {"labels": labels(ctx, WORKER)},
                 # Spilled partitions land in /tmp: room for twice the memory limit.
-                "spec": pod_spec([main], SA_DASK_WORKER, termination_grace=60, tmp_size=f"{spill}Mi", **extra),
+                "spec": pod_spec(
+                    [main],
+                    SA_DASK_WORKER,
+                    termination_grace=WORKER_TERMINATION_GRACE_SECONDS,
+                    tmp_size=f"{spill}Mi",
+                    **extra,
+                ),
             },
         },
     }
 
 
 def build_worker_pdb(ctx: Context) -> Obj:
-    """At most one worker evicted at a time by drains; lost workers' tasks are recomputed."""
+    """At most one worker evicted at a time by drains, so the others have room for its results."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": metadata(ctx, WORKER, WORKER),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ctx, WORKER)}},
     }
-
-
-def build_worker_hpa(ctx: Context) -> Obj | None:
-    scaling = ctx.workloads.dask.workers.autoscaling
-    if scaling is None:
-        return None
-    # Scaling down kills workers holding results; be slow about it.
-    return build_cpu_hpa(ctx, WORKER, scaling, behavior={"scaleDown": {"stabilizationWindowSeconds": 600}})
 
 
 def _tcp(*ports: int) -> list[Obj]:
@@ -298,17 +319,15 @@ def _network_policy(index: int, ctx: Context) -> Obj:
 
 
 class DaskCluster(pulumi.ComponentResource):
-    """Scheduler Deployment and Service, workers Deployment, PDB, optional HPA, NetworkPolicies.
+    """Scheduler Deployment and Service, workers Deployment, PDB, NetworkPolicies.
 
     :param ctx: resolved per-stack values (the image reference and bucket are outputs upstream).
-    :param workloads: the same workloads config, plain, to decide *which* objects exist.
     """
 
     def __init__(
         self,
         name: str,
         ctx: pulumi.Output[Context],
-        workloads: Workloads,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:k8s:DaskCluster", name, None, opts)
@@ -322,19 +341,9 @@ class DaskCluster(pulumi.ComponentResource):
         service = obj(build_scheduler_service)
         k8s.core.v1.Service(f"{name}-scheduler", metadata=service["metadata"], spec=service["spec"], opts=child)
         workers = obj(build_worker_deployment)
-        autoscaled = workloads.dask.workers.autoscaling is not None
-        # With an HPA the replica count is the HPA's once the Deployment exists; without one, Pulumi's.
-        workers_opts = (
-            pulumi.ResourceOptions(parent=self, ignore_changes=list(HPA_OWNED_FIELDS)) if autoscaled else child
-        )
-        k8s.apps.v1.Deployment(f"{name}-workers", metadata=workers["metadata"], spec=workers["spec"], opts=workers_opts)
+        k8s.apps.v1.Deployment(f"{name}-workers", metadata=workers["metadata"], spec=workers["spec"], opts=child)
         pdb = obj(build_worker_pdb)
         k8s.policy.v1.PodDisruptionBudget(f"{name}-workers", metadata=pdb["metadata"], spec=pdb["spec"], opts=child)
-        if autoscaled:
-            hpa = obj(build_worker_hpa)
-            k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                f"{name}-workers", metadata=hpa["metadata"], spec=hpa["spec"], opts=child
-            )
         for index, policy_name in enumerate(NETWORK_POLICY_NAMES):
             policy = ctx.apply(partial(_network_policy, index))
             k8s.networking.v1.NetworkPolicy(

@@ -2,8 +2,9 @@
 
 A run that overlaps the previous one would race it on the same snapshot or model pointer, so
 ``concurrencyPolicy: Forbid``; a run that could not start in time is skipped rather than piled up;
-failures retry ``backoffLimit`` times and a hung run is killed at ``activeDeadlineSeconds``. Jobs never
-restart in place (``restartPolicy: Never``): a retry is a fresh pod with clean ``/tmp``.
+only infrastructure failures retry (``podFailurePolicy``, up to ``backoffLimit`` times) and a hung run
+is killed at ``activeDeadlineSeconds``. Jobs never restart in place (``restartPolicy: Never``): a
+retry is a fresh pod with clean ``/tmp``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from infra.k8s.common import (
     storage_secrets,
 )
 from infra.naming import SA_PREDICT, SA_REFRESH, SA_TRAIN
+from ml.errors import ExitCode
 
 JOB_ARGS: dict[str, list[str]] = {
     "refresh": ["refresh"],
@@ -42,6 +44,33 @@ SERVICE_ACCOUNT = {"refresh": SA_REFRESH, "train": SA_TRAIN, "predict": SA_PREDI
 
 HISTORY_LIMITS = {"successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3}
 TIME_ZONE = "Etc/UTC"
+
+
+NON_RETRIABLE_EXIT_CODES = (ExitCode.BAD_INPUT, ExitCode.GATE_REJECTED, ExitCode.NOT_FOUND)
+"""Running again gives the same answer: the Job fails at once instead of burning its retries."""
+
+
+def pod_failure_policy(job: str) -> Obj:
+    """Fail the Job at once on bad input, a rejected model or nothing to do; count infrastructure
+    failures (exit 4) against ``backoffLimit``; and never count a pod evicted by a node drain
+    (Karpenter consolidation, spot reclaim, upgrade), which is retried for free."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": job,
+                    "operator": "In",
+                    "values": [int(c) for c in NON_RETRIABLE_EXIT_CODES],
+                },
+            },
+            {
+                "action": "Count",
+                "onExitCodes": {"containerName": job, "operator": "In", "values": [int(ExitCode.INFRASTRUCTURE)]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
 
 
 def job_env(ctx: Context, job: str) -> list[Obj]:
@@ -77,6 +106,7 @@ def build_cronjob(ctx: Context, job: str) -> Obj:
                 "metadata": {"labels": labels(ctx, job)},
                 "spec": {
                     "backoffLimit": cfg.backoff_limit,
+                    "podFailurePolicy": pod_failure_policy(job),
                     "activeDeadlineSeconds": cfg.active_deadline_seconds,
                     "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
                     "template": {

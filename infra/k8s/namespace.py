@@ -1,9 +1,11 @@
 """The namespace every workload lives in, and what is shared by all of them.
 
-The namespace enforces Pod Security Admission ``restricted``, so a pod spec that loses a piece of
-hardening is rejected by the API server rather than silently admitted. Traffic starts from
-default-deny in both directions; each workload module opens only what its pods need, and this module
-opens what all of them need (DNS) and what the data workloads need (object store, database).
+The namespace enforces Pod Security Admission ``restricted`` at the cluster's own Kubernetes version
+(not ``latest``, which would change the rules under the pods at a control-plane upgrade), so a pod
+spec that loses a piece of hardening is rejected by the API server rather than silently admitted.
+Traffic starts from default-deny in both directions; each workload module opens only what its pods
+need, and this module opens what all of them need (DNS), what the object store's users need, and
+the database port for the jobs alone (serving and the Dask workers never reach the database).
 
 ServiceAccounts are created here, once, with the names the AWS side binds IAM roles to
 (:mod:`infra.naming`), so the Pod Identity associations and the pods cannot disagree.
@@ -22,6 +24,7 @@ from infra.k8s.common import (
     DATA_COMPONENTS,
     DATABASE_SECRET,
     DATABASE_SECRET_KEY,
+    JOBS,
     STORAGE_SECRET,
     STORAGE_SECRET_KEY,
     Context,
@@ -32,14 +35,20 @@ from infra.k8s.common import (
 )
 from infra.naming import SERVICE_ACCOUNTS
 
+DATABASE_CLIENTS = JOBS
+"""Pods that reach the database: the refresh, train and predict jobs."""
+
 PSA_LEVEL = "restricted"
 POD_IDENTITY_AGENT = "169.254.170.23/32"
 """EKS Pod Identity agent (host network, port 80): where the pods fetch their credentials."""
 
 
-def build_namespace(name: str, instance: str) -> Obj:
+def build_namespace(name: str, instance: str, kubernetes_version: str) -> Obj:
+    """The namespace, its Pod Security level pinned to ``kubernetes_version`` (``"1.35"``)."""
     psa = {f"pod-security.kubernetes.io/{mode}": PSA_LEVEL for mode in ("enforce", "audit", "warn")}
-    psa |= {f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")}
+    psa |= {
+        f"pod-security.kubernetes.io/{mode}-version": f"v{kubernetes_version}" for mode in ("enforce", "audit", "warn")
+    }
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -97,26 +106,38 @@ def build_dns_egress(ctx: Context) -> Obj:
     )
 
 
-def build_data_egress(ctx: Context) -> Obj:
-    """Egress for pods that use the object store and database, limited to their ports.
+_ANYWHERE = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"namespaceSelector": {}}]
+"""Peers outside the cluster (S3, RDS) or in another namespace (MinIO, PostgreSQL on an existing
+cluster): any address and any namespace, so only the ports limit these rules."""
 
-    Destinations are outside the cluster (S3, RDS) or in another namespace (MinIO, PostgreSQL on an
-    existing cluster), so peers are any address and any namespace, but only on the needed ports.
-    """
-    anywhere = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"namespaceSelector": {}}]
+
+def _tcp_ports(ports: set[int]) -> list[Obj]:
+    return [{"protocol": "TCP", "port": p} for p in sorted(ports)]
+
+
+def build_store_egress(ctx: Context) -> Obj:
+    """Egress to the object store (and, on AWS, STS and the Pod Identity agent) for its users."""
     ports = {443}  # S3 and STS over TLS
     store_port = endpoint_port(ctx.storage_endpoint_url)
     if store_port:
         ports.add(store_port)
-    if ctx.database_port:
-        ports.add(ctx.database_port)
-    rules: list[Obj] = [{"to": anywhere, "ports": [{"protocol": "TCP", "port": p} for p in sorted(ports)]}]
+    rules: list[Obj] = [{"to": _ANYWHERE, "ports": _tcp_ports(ports)}]
     if ctx.storage_endpoint_url is None:
-        rules.append({"to": [{"ipBlock": {"cidr": POD_IDENTITY_AGENT}}], "ports": [{"protocol": "TCP", "port": 80}]})
+        rules.append({"to": [{"ipBlock": {"cidr": POD_IDENTITY_AGENT}}], "ports": _tcp_ports({80})})
     return _policy(
         ctx,
-        "allow-data-egress",
+        "allow-store-egress",
         {"podSelector": component_selector(DATA_COMPONENTS), "policyTypes": ["Egress"], "egress": rules},
+    )
+
+
+def build_database_egress(ctx: Context) -> Obj:
+    """Egress to the database port for the jobs only; with SQLite (no port) the jobs get none."""
+    rules = [{"to": _ANYWHERE, "ports": _tcp_ports({ctx.database_port})}] if ctx.database_port else []
+    return _policy(
+        ctx,
+        "allow-database-egress",
+        {"podSelector": component_selector(DATABASE_CLIENTS), "policyTypes": ["Egress"], "egress": rules},
     )
 
 
@@ -183,7 +204,7 @@ class Namespace(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("purchase-classifier:k8s:Namespace", name, None, opts)
-        ns = ctx.apply(lambda c: build_namespace(c.namespace, c.instance))
+        ns = ctx.apply(lambda c: build_namespace(c.namespace, c.instance, c.kubernetes_version))
         self.namespace = k8s.core.v1.Namespace(name, metadata=ns["metadata"], opts=pulumi.ResourceOptions(parent=self))
         child = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
         for account in SERVICE_ACCOUNTS:
@@ -195,7 +216,7 @@ class Namespace(pulumi.ComponentResource):
                 automount_service_account_token=False,
                 opts=child,
             )
-        for builder in (build_default_deny, build_dns_egress, build_data_egress):
+        for builder in (build_default_deny, build_dns_egress, build_store_egress, build_database_egress):
             policy = ctx.apply(builder)
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{builder.__name__.removeprefix('build_').replace('_', '-')}",

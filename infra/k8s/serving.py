@@ -35,6 +35,10 @@ SERVE_ARGS = ["serve", "--host", "0.0.0.0", "--port", str(SERVING_PORT)]
 READY_PATH = "/readyz"
 LIVE_PATH = "/healthz"
 METRICS_PATH = "/metrics"
+PRE_STOP_SLEEP_SECONDS = 10
+"""A stopping pod keeps serving this long before it gets SIGTERM: kube-proxy and every client's
+endpoint list drop it first, so a rollout or node drain sends no request to a closed socket. The
+kubelet's built-in sleep (no shell in the image); well inside the 30 s termination grace."""
 REVIEW_THRESHOLD_ENV = "ML_REVIEW_THRESHOLD"
 """Env var of the serving settings (``ml/serve/settings.py``) for the review threshold."""
 
@@ -61,6 +65,7 @@ def build_deployment(ctx: Context) -> Obj:
         readiness=http_probe(READY_PATH, "http", initial_delay=5, period=5),
         liveness=http_probe(LIVE_PATH, "http", initial_delay=15, period=15, failure_threshold=4),
     )
+    main["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}}
     selector = {"matchLabels": selector_labels(ctx, SERVING)}
     spread = [
         {

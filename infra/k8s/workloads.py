@@ -57,6 +57,7 @@ class Workloads(pulumi.ComponentResource):
                 aws_region=platform.region,
                 dask_node_pool=cfg.is_eks,
                 database_port=database_port(db_url),
+                kubernetes_version=cfg.cluster.version,
             )
 
         ctx = pulumi.Output.all(platform.image, platform.bucket_name).apply(context)
@@ -77,7 +78,7 @@ class Workloads(pulumi.ComponentResource):
             opts=child,
         )
         after_ns = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
-        self.dask = DaskCluster("dask", ctx, cfg.workloads, opts=after_ns)
+        self.dask = DaskCluster("dask", ctx, opts=after_ns)
         self.serving = Serving("serving", ctx, opts=after_ns)
         self.jobs = Jobs("jobs", ctx, opts=after_ns)
         self.register_outputs({"schedulerAddress": self.dask.scheduler_address, "servingUrl": self.serving.url})
