@@ -31,7 +31,8 @@ from ml.cluster import dask_client, package_versions
 from ml.errors import BadInputError, GateRejectedError, InfrastructureError
 from ml.features import is_validation, normalise_column
 from ml.jobs.evaluate import metrics
-from ml.model import PARAM_GRID, build_pipeline, fit_model
+from ml.model import PARAM_GRID, build_pipeline, fit_model, predict
+from ml.reference import PROFILE_KEY, validation_profile
 from ml.registry import ModelRegistry
 from ml.settings import add_dask_arguments, add_model_name_argument, add_store_argument, image_digest
 
@@ -139,11 +140,14 @@ def train(
     with step("evaluating on the validation split"):
         predicted = pipeline.predict(validation[schema.FEATURE_COLUMNS])
         scores = metrics(validation[schema.CATEGORY].to_numpy(), predicted)
+        # The reference the serving drift alerts compare this version's live traffic with.
+        profile = validation_profile(predict(pipeline, validation[schema.FEATURE_COLUMNS]).confidence)
     console.print(f"validation accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}")
 
     json_params = {key: _jsonable(value) for key, value in params.items()}
     model_metadata = {
         "metrics": scores,
+        PROFILE_KEY: profile,
         "params": json_params,
         "search": [{**r, "params": {k: _jsonable(v) for k, v in r["params"].items()}} for r in search_results],
         "data": {

@@ -8,9 +8,13 @@ Each app owns its registry so several apps in one process (tests, benchmarks) ne
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from ml.reference import PROFILE_KEY, review_share
 
 PREFIX = "purchase_classifier_serve"
 
@@ -75,6 +79,19 @@ class ServeMetrics:
             ["result"],
             registry=r,
         )
+        # Each served version's validation-time figures (ml/reference.py): the drift alerts' reference.
+        self.reference_confidence = Gauge(
+            f"{PREFIX}_reference_mean_confidence",
+            "Mean confidence of the model version on its validation split",
+            ["model_version"],
+            registry=r,
+        )
+        self.reference_review_share = Gauge(
+            f"{PREFIX}_reference_review_share",
+            "Share of the model version's validation rows under this service's review threshold",
+            ["model_version"],
+            registry=r,
+        )
         self._recent_flags: deque[bool] = deque(maxlen=REVIEW_WINDOW)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
@@ -91,3 +108,17 @@ class ServeMetrics:
             self.review_flagged.inc(n_flagged)
         self._recent_flags.extend(flagged.tolist())
         self.review_share.set(sum(self._recent_flags) / len(self._recent_flags))
+
+    def set_references(self, models: Iterable[tuple[str, dict[str, Any]]], review_threshold: float) -> None:
+        """Export the validation figures of exactly the ``(version, metadata)`` pairs being served.
+
+        A version trained before profiles were stored has none and exports none (no drift reference).
+        """
+        self.reference_confidence.clear()
+        self.reference_review_share.clear()
+        for version, metadata in models:
+            profile = metadata.get(PROFILE_KEY)
+            if profile is None:
+                continue
+            self.reference_confidence.labels(model_version=version).set(profile["mean_confidence"])
+            self.reference_review_share.labels(model_version=version).set(review_share(profile, review_threshold))

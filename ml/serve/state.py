@@ -85,6 +85,7 @@ class ModelState:
         self._failed_version = None
         self.metrics.reloads.labels(result="success").inc()
         self.metrics.model_ready.set(1)
+        self.metrics.set_references([(candidate.version, candidate.metadata)], self.settings.review_threshold)
         self.metrics.model_info.info(
             {
                 "version": candidate.version,
