@@ -777,6 +777,9 @@ def parse_config(
                 problems.append(f"{NAMESPACE}network.availabilityZones: got {zone!r}; not in aws:region {aws_region!r}")
     if parsed.is_eks and not aws_region:
         problems.append("aws:region: required key is missing (eks mode creates AWS resources)")
+    from infra.aws.capacity import capacity_problems  # imports this module: loaded on first use
+
+    problems.extend(capacity_problems(parsed, NAMESPACE))
     if problems:
         raise ConfigError(stack, problems)
     return parsed

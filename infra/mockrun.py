@@ -69,6 +69,9 @@ class StackRun:
     outputs: dict[str, Any]
     secret_outputs: set[str]
     warnings: list[str]
+    config: dict[str, str] = field(default_factory=dict)
+    """The flat config the program ran with (secret values are the mock stand-ins)."""
+    secret_keys: list[str] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[CapturedResource]:
         return [r for r in self.resources if r.type == type_]
@@ -106,6 +109,7 @@ class PlatformMocks(Mocks):
             state["repositoryUrl"] = f"{self.account}.dkr.ecr.{region}.amazonaws.com/{inputs.get('name', name)}"
         elif typ == "aws:eks/cluster:Cluster":
             state["endpoint"] = f"https://{inputs.get('name', name)}.gr7.{region}.eks.amazonaws.com"
+            state["vpcConfig"] = {**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{name}"}
             state["certificateAuthority"] = {"data": "TU9DSy1DQQ=="}
         elif typ == "aws:iam/role:Role":
             state["arn"] = f"arn:aws:iam::{self.account}:role/{name}"
@@ -214,6 +218,7 @@ def run_program(
                         dependencies=list(request.dependencies),
                         options={
                             "protect": request.protect,
+                            "retainOnDelete": request.retainOnDelete,
                             "ignoreChanges": list(request.ignoreChanges),
                             "deleteBeforeReplace": request.deleteBeforeReplace,
                             "additionalSecretOutputs": list(request.additionalSecretOutputs),
@@ -258,7 +263,9 @@ def run_program(
     finally:
         settings.ROOT.set(None)
         runtime_config.set_all_config({}, [])
-    return StackRun(stack, captured, outputs, secret_outputs, log_capture.messages)
+    return StackRun(
+        stack, captured, outputs, secret_outputs, log_capture.messages, dict(config), list(secret_keys or [])
+    )
 
 
 def _struct_to_python(struct: Any) -> Any:

@@ -2,10 +2,12 @@
 
 The program runs under Pulumi's mocks (:mod:`infra.mockrun`), with no CLI, state or cloud
 credentials, and every Kubernetes object it declares is written as YAML, one file per object, plus a
-readable summary of the AWS resources and their key settings. This is an aid for reviewing a change
-and for running schema validators and policy scanners on real manifests; it is *not* ``pulumi
-preview``: cloud-generated values (ARNs, endpoints, bucket names) are invented by the mocks, secret
-config cannot be decrypted (Secret values are redacted), and nothing is compared with live state.
+readable summary of the AWS resources and their key settings, and (eks mode) of each node pool's
+requested CPU and memory at minimum and maximum scale against what the pool may provide. This is an
+aid for reviewing a change and for running schema validators and policy scanners on real manifests;
+it is *not* ``pulumi preview``: cloud-generated values (ARNs, endpoints, bucket names) are invented
+by the mocks, secret config cannot be decrypted (Secret values are redacted), and nothing is compared
+with live state.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from infra.aws.capacity import capacity_markdown
+from infra.config import parse_config
 from infra.mockrun import ROOT, SECRET_SIG, CapturedResource, StackRun, run_stack
 
 Obj = dict[str, Any]
@@ -39,6 +43,8 @@ KIND_ORDER = (
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "CronJob",
+    "EC2NodeClass",
+    "NodePool",
 )
 """File-name prefixes follow this order, so ``kubectl apply -f <dir>`` creates the namespace first."""
 
@@ -115,7 +121,8 @@ def _kind_rank(kind: str) -> int:
 
 
 def is_kubernetes_object(resource: CapturedResource) -> bool:
-    return resource.custom and resource.type.startswith("kubernetes:")
+    """An object the provider sends to the API server (a Helm release is not one: its chart is)."""
+    return resource.custom and resource.type.startswith("kubernetes:") and "kind" in resource.inputs
 
 
 def to_manifest(resource: CapturedResource) -> Obj:
@@ -205,6 +212,21 @@ def aws_summary(run: StackRun) -> str:
     for r in sorted(aws, key=lambda r: (r.type, r.name)):
         lines.append(f"- **{r.type}** `{r.name}`")
         lines.extend(f"  - {s}" for s in _settings(r))
+    if run.config:
+        cfg = parse_config(
+            run.config, secret_keys=run.secret_keys, stack=run.stack, aws_region=run.config.get("aws:region")
+        )
+        if cfg.is_eks:
+            lines += [
+                "",
+                "## Capacity per node pool",
+                "",
+                "Pod requests at minimum scale (serving at its HPA minimum, no job running) and maximum scale "
+                "(serving at its HPA maximum, all three jobs at once), against what the pool's limits let "
+                "Karpenter launch, in its largest allowed node after DaemonSets and kubelet reservations.",
+                "",
+                capacity_markdown(cfg).rstrip("\n"),
+            ]
     k8s_objects = kubernetes_manifests(run)
     lines += ["", f"## Kubernetes objects ({len(k8s_objects)})", ""]
     for obj in k8s_objects:
