@@ -11,7 +11,10 @@ import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from ml.cli import COMMAND_MODULES
+from ml.errors import ExitCode
 from ml.serve.openapi import openapi_json
+from ml.serve.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -35,16 +38,18 @@ def github_slug(text: str) -> str:
     return _NOT_IN_SLUG.sub("", text.strip().lower()).replace(" ", "-")
 
 
+def headings(page: Path) -> list[str]:
+    tokens = _tokens(page)
+    return [_plain_text(inline) for opening, inline in pairwise(tokens) if opening.type == "heading_open"]
+
+
 def anchors(page: Path) -> set[str]:
     """Every heading anchor of a page; GitHub numbers repeated slugs ``-1``, ``-2``, ..."""
     seen: Counter[str] = Counter()
     found = set()
-    tokens = _tokens(page)
-    for opening, inline in pairwise(tokens):
-        if opening.type == "heading_open":
-            slug = github_slug(_plain_text(inline))
-            found.add(f"{slug}-{seen[slug]}" if seen[slug] else slug)
-            seen[slug] += 1
+    for slug in map(github_slug, headings(page)):
+        found.add(f"{slug}-{seen[slug]}" if seen[slug] else slug)
+        seen[slug] += 1
     return found
 
 
@@ -113,3 +118,32 @@ def test_committed_openapi_schema_is_the_apps() -> None:
     assert committed == openapi_json(), (
         "docs/openapi.json is stale: run `.venv/bin/python -m ml.serve.openapi > docs/openapi.json`"
     )
+
+
+@pytest.mark.parametrize("command", COMMAND_MODULES)
+def test_every_ml_command_has_one_reference_section(command: str) -> None:
+    sections = [
+        f"{page.name}: {heading}"
+        for page in PAGES
+        for heading in headings(page)
+        if heading.startswith(f"python -m ml {command}")
+    ]
+    assert len(sections) == 1, f"`python -m ml {command}` needs exactly one section in docs/, found {sections}"
+
+
+def test_exit_code_table_lists_every_code() -> None:
+    tokens = _tokens(ROOT / "docs" / "classifier.md")
+    start = next(i for i, t in enumerate(tokens) if t.type == "inline" and t.content == "Exit codes")
+    table_end = next(i for i, t in enumerate(tokens) if i > start and t.type == "table_close")
+    first_cells = [
+        tokens[i + 1].content
+        for i in range(start, table_end)
+        if tokens[i].type == "td_open" and tokens[i - 1].type == "tr_open"
+    ]
+    assert first_cells == [str(code.value) for code in ExitCode]
+
+
+def test_every_serving_setting_is_documented() -> None:
+    documented = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+    missing = [f"ML_{name.upper()}" for name in ServeSettings.model_fields if f"`ML_{name.upper()}`" not in documented]
+    assert missing == [], f"serving settings missing from docs/serving.md#settings: {missing}"
