@@ -1,4 +1,5 @@
-"""``python -m ml models list|show``: what a store holds and which version is served."""
+"""``python -m ml models list|show|candidate|promote|reject``: what a store holds, which version is
+served, and the candidate tried beside it on live traffic (``ML_CANDIDATE_MODE`` of the service)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from ml.errors import GateRejectedError
 from ml.registry import ModelRegistry
 from ml.settings import add_model_name_argument, add_store_argument
 
@@ -15,18 +17,26 @@ from ml.settings import add_model_name_argument, add_store_argument
 def list_versions(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.store, args.model_name)
     versions = registry.versions()
-    latest = registry.latest_version()
+    latest, candidate = registry.latest_version(), registry.candidate_version()
     if args.json:
-        print(json.dumps([{**_summary(v), "latest": v["version"] == latest} for v in versions]))
+        print(
+            json.dumps(
+                [
+                    {**_summary(v), "latest": v["version"] == latest, "candidate": v["version"] == candidate}
+                    for v in versions
+                ]
+            )
+        )
         return 0
     table = Table(title=f"{args.model_name} in {args.store}")
-    for column in ("version", "latest", "accuracy", "macro-F1", "rows", "snapshot", "created"):
+    for column in ("version", "pointer", "accuracy", "macro-F1", "rows", "snapshot", "created"):
         table.add_column(column)
+    pointers = {latest: "LATEST", candidate: "CANDIDATE"}
     for entry in versions:
         summary = _summary(entry)
         table.add_row(
             summary["version"],
-            "LATEST" if entry["version"] == latest else "",
+            pointers.get(entry["version"], ""),
             f"{summary['accuracy']:.4f}",
             f"{summary['macro_f1']:.4f}",
             str(summary["train_rows"]),
@@ -56,17 +66,51 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def candidate(args: argparse.Namespace) -> int:
+    """Make a stored version the CANDIDATE, through the same quality gate as LATEST."""
+    registry = ModelRegistry(args.store, args.model_name)
+    version = registry.resolve(args.version)
+    decision = registry.gate(registry.metadata(version)["metrics"], args.gate_tolerance)
+    if not decision.promoted:
+        raise GateRejectedError(f"version {version} not made CANDIDATE: {decision.reason}")
+    registry.propose(version)
+    print(json.dumps({"candidate": version, "gate": decision.reason}))
+    return 0
+
+
+def promote(args: argparse.Namespace) -> int:
+    version = ModelRegistry(args.store, args.model_name).promote_candidate()
+    print(json.dumps({"latest": version}))
+    return 0
+
+
+def reject(args: argparse.Namespace) -> int:
+    version = ModelRegistry(args.store, args.model_name).reject_candidate()
+    print(json.dumps({"rejected": version}))
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list and inspect stored model versions")
+    parser = subparsers.add_parser("models", help="list and inspect versions; try, promote or reject a candidate")
     commands = parser.add_subparsers(dest="models_command", required=True)
     for name, func, help_text in (
-        ("list", list_versions, "every complete version, LATEST marked"),
+        ("list", list_versions, "every complete version, LATEST and CANDIDATE marked"),
         ("show", show, "one version's metadata as JSON"),
+        ("candidate", candidate, "make a stored version the CANDIDATE (gated against LATEST)"),
+        ("promote", promote, "move LATEST to the CANDIDATE and remove the CANDIDATE pointer"),
+        ("reject", reject, "remove the CANDIDATE pointer (LATEST keeps serving alone)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         add_store_argument(sub)
         add_model_name_argument(sub)
-        sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(func=func)
-    commands.choices["show"].add_argument("version", nargs="?", default="latest", help="version or 'latest'")
+    for name in ("list", "show"):
+        commands.choices[name].add_argument("--json", action="store_true", help="machine-readable output")
+    commands.choices["show"].add_argument(
+        "version", nargs="?", default="latest", help="version, 'latest' or 'candidate'"
+    )
     commands.choices["show"].add_argument("--per-class", action="store_true", help="include per-class metrics")
+    commands.choices["candidate"].add_argument("version", help="a stored version id")
+    commands.choices["candidate"].add_argument(
+        "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
+    )

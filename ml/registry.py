@@ -5,10 +5,14 @@ Layout::
     <store>/models/<name>/<version>/model.joblib     the pickled scikit-learn pipeline
     <store>/models/<name>/<version>/metadata.json    written after the artifact: metrics, sha256, ...
     <store>/models/<name>/LATEST                     the served version; written last, atomically
+    <store>/models/<name>/CANDIDATE                  optional: a version to try on live traffic
 
 A version directory without ``metadata.json`` is an interrupted write and is invisible. ``LATEST``
 moves only through :meth:`ModelRegistry.promote`, after the quality gate, so readers never see a
-model that is incomplete or worse than the one they had.
+model that is incomplete or worse than the one they had. ``CANDIDATE`` follows the same rules
+(:meth:`ModelRegistry.propose`: complete, gated, written atomically); the service tries it in shadow
+or canary mode, then :meth:`~ModelRegistry.promote_candidate` moves ``LATEST`` to it or
+:meth:`~ModelRegistry.reject_candidate` removes the pointer.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _PROBE = pd.DataFrame({"description": ["PROBE RECORD"], "cost": [1.0], "contract
 ARTIFACT = "model.joblib"
 METADATA = "metadata.json"
 LATEST = "LATEST"
+CANDIDATE = "CANDIDATE"
+POINTERS = (LATEST, CANDIDATE)
 
 
 @dataclass(frozen=True)
@@ -142,21 +148,75 @@ class ModelRegistry:
 
     def promote(self, version: str) -> None:
         """Point ``LATEST`` at a complete version (the last write of a training)."""
+        self._point(LATEST, version)
+
+    def propose(self, version: str) -> None:
+        """Point ``CANDIDATE`` at a complete version that is not ``LATEST`` (callers gate it first)."""
+        if version == self.latest_version():
+            raise BadInputError(f"version {version} is already LATEST of '{self.name}'; a candidate must differ")
+        self._point(CANDIDATE, version)
+
+    def promote_candidate(self) -> str:
+        """Move ``LATEST`` to the candidate, then remove ``CANDIDATE``; returns the promoted version.
+
+        Between the two writes both pointers name the same version, which readers treat as no
+        candidate: every reader sees the old pair, that in-between state, or the new pair.
+        """
+        version = self._require_candidate()
+        self.promote(version)
+        self._remove(CANDIDATE)
+        return version
+
+    def reject_candidate(self) -> str:
+        """Remove the ``CANDIDATE`` pointer (the version itself stays stored); returns its version."""
+        version = self._require_candidate()
+        self._remove(CANDIDATE)
+        return version
+
+    def _require_candidate(self) -> str:
+        version = self.candidate_version()
+        if version is None:
+            raise NotFoundError(f"model '{self.name}' has no CANDIDATE in {self.store}")
+        return version
+
+    def _point(self, pointer: str, version: str) -> None:
         self.metadata(version)  # refuses unknown or incomplete versions
         try:
-            write_atomically(self.fs, self._path(LATEST), version.encode())
+            write_atomically(self.fs, self._path(pointer), version.encode())
         except Exception as exc:
-            raise InfrastructureError(f"cannot write {LATEST} in {self.store}: {exc}") from exc
+            raise InfrastructureError(f"cannot write {pointer} in {self.store}: {exc}") from exc
+
+    def _remove(self, pointer: str) -> None:
+        try:
+            self.fs.rm_file(self._path(pointer))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise InfrastructureError(f"cannot remove {pointer} in {self.store}: {exc}") from exc
 
     # -- reading ---------------------------------------------------------------------------------
 
     def latest_version(self) -> str | None:
+        return self._pointer(LATEST)
+
+    def candidate_version(self) -> str | None:
+        """The version ``CANDIDATE`` names, or None (no pointer, or it names ``LATEST`` mid-promotion)."""
+        candidate = self._pointer(CANDIDATE)
+        return None if candidate is None or candidate == self.latest_version() else candidate
+
+    def _pointer(self, pointer: str) -> str | None:
         try:
-            return self._read(self._path(LATEST)).decode().strip() or None
+            return self._read(self._path(pointer)).decode().strip() or None
         except FileNotFoundError:
             return None
 
     def resolve(self, version: str = "latest") -> str:
+        """A version id from an id, ``latest`` or ``candidate``."""
+        if version.lower() == "candidate":
+            candidate = self.candidate_version()
+            if candidate is None:
+                raise NotFoundError(f"model '{self.name}' has no CANDIDATE in {self.store}")
+            return candidate
         if version.lower() != "latest":
             return version
         latest = self.latest_version()
@@ -185,7 +245,7 @@ class ModelRegistry:
         found = []
         for entry in sorted(entries):
             version = entry.rstrip("/").rsplit("/", 1)[-1]
-            if version == LATEST or not self.fs.exists(self._path(version, METADATA)):
+            if version in POINTERS or not self.fs.exists(self._path(version, METADATA)):
                 continue
             found.append(self.metadata(version))
         return found

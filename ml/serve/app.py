@@ -1,8 +1,8 @@
 """The FastAPI application: the ``/v1`` API, the V2 protocol, health, readiness and metrics.
 
-Handlers do only what each request needs: validate, take the current model reference, queue the
-records for the micro-batcher, and write the JSON answer directly (no response-model round trip;
-the models still document the schema in OpenAPI).
+Handlers do only what each request needs: validate, take the current models (LATEST and, in shadow
+or canary mode, the candidate), queue the records for the micro-batcher, and write the JSON answer
+directly (no response-model round trip; the models still document the schema in OpenAPI).
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ml.registry import LoadedModel
 from ml.serve import v2
 from ml.serve.batching import MicroBatcher
 from ml.serve.inference import Columns
 from ml.serve.metrics import ServeMetrics
+from ml.serve.routing import answer
 from ml.serve.schemas import ClassifyRequest, ClassifyResponse, ModelInfo, Problem
 from ml.serve.settings import ServeSettings
-from ml.serve.state import ModelState
+from ml.serve.state import Models, ModelState
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,37 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), status, media_type="application/json")
 
 
+#: The most of an unwanted request body read (and discarded) so that the client sees the answer.
+#: Clients such as ``urllib`` and ``requests`` write the whole body before reading: closing the
+#: connection while they still send makes them report a reset instead of the 413 (or 415). Beyond
+#: this much (or ``_DRAIN_SECONDS``) the connection is closed anyway: a bound on wasted work.
+_DRAIN_BYTES = 64 * 1024 * 1024
+_DRAIN_SECONDS = 10.0
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` once a body passes ``ML_MAX_BODY_BYTES`` (an HTTPException, so that
+    FastAPI's body reading passes it on instead of calling it a parse error)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes (ML_MAX_BODY_BYTES)")
+
+
 class ObserveMiddleware:
-    """Latency and status per route template (bounded label values), and the JSON-only rule.
+    """Latency and status per route template (bounded label values), and the request rules: JSON
+    bodies only (V2 also takes no content type and binary tensor data, as its clients send them),
+    at most ``ML_MAX_BODY_BYTES`` of them, and an answer sent before the body is read is sent only
+    after the rest of the body (up to a bound) has been read.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs far more per request.
     """
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: ServeMetrics) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: ServeMetrics, max_body_bytes: int
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,32 +80,71 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        received = 0
+        body_done = scope["method"] in ("GET", "HEAD")
+        headers = dict(scope["headers"])
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)  # before reading: no 100 Continue for such a body
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            else:
+                body_done = True
+            return message
 
         async def observed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if not body_done:
+                    await self._drain(receive, headers, received)
             await send(message)
 
         try:
-            if scope["method"] == "POST" and not _is_json(scope):
+            if scope["method"] == "POST" and not _acceptable_body(scope["path"], headers):
                 response = _json({"detail": "Content-Type must be application/json"}, 415)
-                await response(scope, receive, observed_send)
+                await response(scope, limited_receive, observed_send)
             else:
-                await self.app(scope, receive, observed_send)
+                await self.app(scope, limited_receive, observed_send)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request_latency.labels(template, scope["method"]).observe(time.perf_counter() - started)
             self.metrics.requests.labels(template, str(status)).inc()
 
+    @staticmethod
+    async def _drain(receive: Receive, headers: dict[bytes, bytes], received: int) -> None:
+        """Read and drop the rest of the body, unless it is bigger than the bound or the client
+        waits for ``100 Continue`` before sending it (then it is never sent)."""
+        declared = headers.get(b"content-length", b"")
+        if b"100-continue" in headers.get(b"expect", b"").lower() and received == 0:
+            return
+        if declared.isdigit() and int(declared) > _DRAIN_BYTES:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                while received <= _DRAIN_BYTES:
+                    message = await receive()
+                    received += len(message.get("body", b""))
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        return
 
-def _is_json(scope: Scope) -> bool:
-    for key, value in scope["headers"]:
-        if key == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
-    return False
+
+def _acceptable_body(path: str, headers: dict[bytes, bytes]) -> bool:
+    value = headers.get(b"content-type")
+    if value is None:
+        return path.startswith("/v2/")  # V2 clients (tritonclient) send JSON without a content type
+    media = value.split(b";", 1)[0].strip().lower()
+    if media == b"application/octet-stream":
+        return path.startswith("/v2/") and v2.HEADER_LENGTH.encode() in headers
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -108,11 +170,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         summary="Classify hospital purchase lines; low-confidence predictions are flagged for review.",
         version="1",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.model_state = state
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     def v2_path(request: Request) -> bool:
         return request.url.path.startswith("/v2")
@@ -132,8 +193,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def v2_error(_: Request, exc: v2.V2Error) -> Response:
         return _json({"error": exc.message}, exc.status)
 
-    def current_or_none() -> LoadedModel | None:
-        return state.current
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return _json({"error": exc.detail} if v2_path(request) else {"detail": exc.detail}, 413)
+
+    def current_or_none() -> Models | None:
+        return state.models
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -148,10 +213,18 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         responses={503: {"model": Problem, "description": "No model yet; the reason says why"}},
     )
     async def readyz() -> Response:
-        model = current_or_none()
-        if model is None:
+        models = current_or_none()
+        if models is None:
             return _json({"ready": False, "reason": state.reason}, 503)
-        return _json({"ready": True, "version": model.version, "last_reload_error": state.last_error})
+        return _json(
+            {
+                "ready": True,
+                "version": models.latest.version,
+                "candidate_version": models.candidate.version if models.candidate else None,
+                "candidate_mode": settings.candidate_mode,
+                "last_reload_error": state.last_error,
+            }
+        )
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def prometheus() -> Response:
@@ -195,14 +268,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 },
                 413,
             )
-        model = current_or_none()
-        if model is None:
+        models = current_or_none()
+        if models is None:
             return not_ready()
         columns = Columns()
         for r in records:
             columns.add(r.description, r.cost, r.contract, r.department)
-        result = await batcher.submit(model, columns)
-        version = model.version
+        result = await answer(batcher, settings, models, columns, [r.id for r in records])
         results = [
             {
                 "id": record.id,
@@ -213,11 +285,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                     {"category": c, "probability": p}
                     for c, p in zip(result.top_categories[i], result.top_probabilities[i], strict=True)
                 ],
-                "model_version": version,
+                "model_version": result.model_version[i],
             }
             for i, record in enumerate(records)
         ]
-        return _json({"model_version": version, "results": results})
+        return _json({"model_version": models.latest.version, "results": results})
 
     # -- the Open Inference Protocol (V2) ------------------------------------------------------
 
@@ -226,15 +298,17 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         404: {"model": v2.ErrorResponse},
     }
 
-    def v2_model(name: str, version: str | None = None) -> LoadedModel:
+    def v2_model(name: str, version: str | None = None) -> Models:
+        """The models serving ``name``; a version given must be LATEST's (the candidate is not
+        addressable: it answers only the records the canary share gives it)."""
         if name != settings.model_name:
             raise v2.V2Error(f"unknown model '{name}'; this server serves '{settings.model_name}'", 404)
-        model = current_or_none()
-        if model is None:
+        models = current_or_none()
+        if models is None:
             raise v2.V2Error(f"model '{name}' is not ready: {state.reason}", 503)
-        if version is not None and version != model.version:
-            raise v2.V2Error(f"model '{name}' version '{version}' is not loaded (serving {model.version})", 404)
-        return model
+        if version is not None and version != models.latest.version:
+            raise v2.V2Error(f"model '{name}' version '{version}' is not loaded (serving {models.latest.version})", 404)
+        return models
 
     @app.get("/v2", tags=["v2"], response_model=v2.ServerMetadata, summary="V2 server metadata")
     async def v2_server() -> dict[str, Any]:
@@ -284,8 +358,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         responses=v2_errors,
     )
     async def v2_metadata(name: str) -> Response:
-        model = v2_model(name)
-        return _json(v2.model_metadata(name, model.version, settings.top_k).model_dump())
+        models = v2_model(name)
+        return _json(v2.model_metadata(name, models.latest.version, settings.top_k).model_dump())
 
     @app.get(
         "/v2/models/{name}/versions/{version}",
@@ -295,20 +369,31 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         responses=v2_errors,
     )
     async def v2_version_metadata(name: str, version: str) -> Response:
-        model = v2_model(name, version)
-        return _json(v2.model_metadata(name, model.version, settings.top_k).model_dump())
+        models = v2_model(name, version)
+        return _json(v2.model_metadata(name, models.latest.version, settings.top_k).model_dump())
 
-    async def infer(name: str, version: str | None, request: v2.InferenceRequest) -> Response:
-        columns = v2.decode(request, settings.max_request_records)
+    async def infer(name: str, version: str | None, http: Request) -> Response:
+        request = v2.parse(await http.body(), http.headers.get(v2.HEADER_LENGTH))
+        columns, ids = v2.decode(request, settings.max_request_records)
         v2.check_outputs(request)
-        model = v2_model(name, version)
-        result = await batcher.submit(model, columns)
-        return _json(v2.encode(request, result, name, model.version))
+        models = v2_model(name, version)
+        result = await answer(batcher, settings, models, columns, ids)
+        body, header_length = v2.encode(request, result, name, models.latest.version)
+        if header_length is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream", headers={v2.HEADER_LENGTH: str(header_length)})
 
     infer_responses: dict[int | str, dict[str, Any]] = {
         **v2_errors,
         413: {"model": v2.ErrorResponse},
         503: {"model": v2.ErrorResponse},
+    }
+    # The body is read by v2.parse (JSON, or JSON then binary tensor data), so it is declared here.
+    infer_body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}},
+        }
     }
 
     @app.post(
@@ -317,9 +402,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         response_model=v2.InferenceResponse,
         summary="V2 inference",
         responses=infer_responses,
+        openapi_extra=infer_body,
     )
-    async def v2_infer(name: str, body: v2.InferenceRequest) -> Response:
-        return await infer(name, None, body)
+    async def v2_infer(name: str, request: Request) -> Response:
+        return await infer(name, None, request)
 
     @app.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -327,8 +413,21 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         response_model=v2.InferenceResponse,
         summary="V2 inference on a given version",
         responses=infer_responses,
+        openapi_extra=infer_body,
     )
-    async def v2_version_infer(name: str, version: str, body: v2.InferenceRequest) -> Response:
-        return await infer(name, version, body)
+    async def v2_version_infer(name: str, version: str, request: Request) -> Response:
+        return await infer(name, version, request)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the V2 request body's (no handler parameter declares it)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            request_schema = v2.InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["InferenceRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

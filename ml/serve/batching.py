@@ -10,6 +10,10 @@ being predicted) and, while fewer are queued, waits up to ``batch_window_ms`` fo
 that just got answers are about to send again. Without it, concurrent clients split into groups that
 take turns, each waiting for the other's model call. A lone client is alone in the system, so it
 never waits.
+
+Shadow mode: once a batch's answers are handed back, the same model thread scores the batch's
+shadowed rows with the candidate and counts how often it agrees with LATEST. Clients never wait for
+it; the next batch does, which is the shadow's cost (``bench/serving.py`` measures it).
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ _HISTORY = 4
 @dataclass
 class _Item:
     model: LoadedModel
+    role: str
     columns: Columns
     future: asyncio.Future[Result] = field(repr=False)
+    #: The candidate that also scores these rows (shadow mode), not answering them.
+    shadow: LoadedModel | None = None
 
 
 class MicroBatcher:
@@ -68,10 +75,13 @@ class MicroBatcher:
             item.future.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, model: LoadedModel, columns: Columns) -> Result:
-        """Predict ``columns`` with ``model`` (the version the request started with)."""
+    async def submit(
+        self, model: LoadedModel, columns: Columns, role: str = "latest", shadow: LoadedModel | None = None
+    ) -> Result:
+        """Predict ``columns`` with ``model`` (a version the request started with, in ``role``);
+        ``shadow`` also scores them once the answer is out."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(model, columns, future))
+        self._queue.append(_Item(model, role, columns, future, shadow))
         self._in_system += 1
         self._peak = max(self._peak, self._in_system)
         self._wakeup.set()
@@ -119,6 +129,13 @@ class MicroBatcher:
                     item.future.set_exception(outcome)
                 else:
                     item.future.set_result(outcome)
+            shadowed = [
+                (item, outcome)
+                for item, outcome in zip(batch, outcomes, strict=True)
+                if item.shadow is not None and isinstance(outcome, Result)
+            ]
+            if shadowed:
+                await loop.run_in_executor(self._executor, self._shadow, shadowed)
 
     def _predict(self, batch: list[_Item]) -> list[Result | BaseException]:
         """Runs in the model thread: one call per model version present in the batch."""
@@ -129,30 +146,54 @@ class MicroBatcher:
         for indices in by_model.values():
             items = [batch[i] for i in indices]
             try:
-                results = self._call(items[0].model, [item.columns for item in items])
+                results = self._call(items[0].model, items[0].role, [item.columns for item in items])
             except Exception:
                 # One bad request must not fail its neighbours: retry them one by one.
                 log.exception("batched model call failed; retrying %d requests singly", len(items))
                 results = []
                 for item in items:
                     try:
-                        results.extend(self._call(item.model, [item.columns]))
+                        results.extend(self._call(item.model, item.role, [item.columns]))
                     except Exception as exc:
                         results.append(exc)  # type: ignore[arg-type]
             outcomes.update(zip(indices, results, strict=True))
         return [outcomes[i] for i in range(len(batch))]
 
-    def _call(self, model: LoadedModel, parts: list[Columns]) -> list[Result]:
+    def _call(self, model: LoadedModel, role: str, parts: list[Columns], count_batch: bool = True) -> list[Result]:
         started = time.perf_counter()
-        predictions, results = run_model(model.pipeline, parts, self.settings.top_k, self.settings.review_threshold)
-        self.metrics.batch_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(sum(len(p) for p in parts))
+        predictions, results = run_model(model, parts, self.settings.top_k, self.settings.review_threshold)
+        self.metrics.batch_latency.labels(model_version=model.version, role=role).observe(time.perf_counter() - started)
+        if count_batch:
+            self.metrics.batch_size.observe(sum(len(p) for p in parts))
         self.metrics.observe_predictions(
+            model.version,
+            role,
             predictions.category,
             predictions.confidence,
             np.asarray(predictions.needs_review(self.settings.review_threshold)),
         )
         return results
+
+    def _shadow(self, shadowed: list[tuple[_Item, Result]]) -> None:
+        """Runs in the model thread: the candidate scores the rows LATEST answered, and agreement is counted."""
+        by_model: dict[int, list[tuple[_Item, Result]]] = {}
+        for pair in shadowed:
+            by_model.setdefault(id(pair[0].shadow), []).append(pair)
+        for pairs in by_model.values():
+            candidate = pairs[0][0].shadow
+            assert candidate is not None
+            served = [category for _, answer in pairs for category in answer.category]
+            counter = self.metrics.shadow_comparisons
+            try:
+                results = self._call(candidate, "candidate", [item.columns for item, _ in pairs], count_batch=False)
+            except Exception:
+                log.exception("shadow call of candidate %s failed on %d records", candidate.version, len(served))
+                counter.labels(model_version=candidate.version, result="error").inc(len(served))
+                continue
+            shadow = [category for result in results for category in result.category]
+            agree = sum(a == b for a, b in zip(served, shadow, strict=True))
+            counter.labels(model_version=candidate.version, result="agree").inc(agree)
+            counter.labels(model_version=candidate.version, result="disagree").inc(len(served) - agree)
 
     @property
     def pending(self) -> int:

@@ -27,6 +27,8 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-window-ms": ("batch_window_ms", float, "how long a batch may wait for concurrent requests"),
     "--reload-interval-s": ("reload_interval_s", float, "how often LATEST is polled"),
     "--max-body-bytes": ("max_body_bytes", int, "largest request body"),
+    "--candidate-mode": ("candidate_mode", str, "what the CANDIDATE version does: off, shadow or canary"),
+    "--canary-share": ("canary_share", float, "share of records the candidate answers in canary mode"),
     "--log-level": ("log_level", str, "uvicorn log level"),
 }
 
@@ -34,7 +36,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve the LATEST model over REST (hot reload, Prometheus metrics)",
+        help="serve LATEST (and a CANDIDATE in shadow or canary mode) over REST, with hot reload and metrics",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ml.model import Predictions, predict
+from ml.registry import LoadedModel
 from ml.schema import FEATURE_COLUMNS
 
 
@@ -32,6 +33,15 @@ class Columns:
         self.contract.append(contract or "")
         self.department.append(department or "")
 
+    def take(self, rows: list[int]) -> Columns:
+        """The given rows, in that order."""
+        return Columns(
+            [self.description[i] for i in rows],
+            [self.cost[i] for i in rows],
+            [self.contract[i] for i in rows],
+            [self.department[i] for i in rows],
+        )
+
 
 def to_columns(parts: list[Columns]) -> dict[str, list[Any]]:
     """One batch's records as the column lists :func:`ml.model.predict` takes."""
@@ -49,11 +59,25 @@ class Result:
     top_categories: list[list[str]]
     top_probabilities: list[list[float]]
     needs_review: list[bool]
+    #: The version that answered each row (two differ only in canary mode).
+    model_version: list[str]
 
 
-def run_model(pipeline: Any, parts: list[Columns], top_k: int, threshold: float) -> tuple[Predictions, list[Result]]:
+def interleave(n: int, pieces: list[tuple[list[int], Result]]) -> Result:
+    """One result of ``n`` rows from pieces that answered the given rows each."""
+    fields: dict[str, list[Any]] = {name: [None] * n for name in Result.__dataclass_fields__}
+    for rows, result in pieces:
+        for name, values in fields.items():
+            for row, value in zip(rows, getattr(result, name), strict=True):
+                values[row] = value
+    return Result(**fields)
+
+
+def run_model(
+    model: LoadedModel, parts: list[Columns], top_k: int, threshold: float
+) -> tuple[Predictions, list[Result]]:
     """Predict a batch and split it back into one :class:`Result` per request."""
-    predictions = predict(pipeline, to_columns(parts), top_k=top_k)
+    predictions = predict(model.pipeline, to_columns(parts), top_k=top_k)
     category = predictions.category.astype(str).tolist()
     confidence = predictions.confidence.astype(float).tolist()
     top_categories = predictions.top_categories.astype(str).tolist()
@@ -69,6 +93,7 @@ def run_model(pipeline: Any, parts: list[Columns], top_k: int, threshold: float)
                 top_categories[start:end],
                 top_probabilities[start:end],
                 needs_review[start:end],
+                [model.version] * len(part),
             )
         )
         start = end

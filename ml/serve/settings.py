@@ -6,6 +6,8 @@ run. Every field below is one variable: its name is ``ML_`` plus the field name 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,6 +44,13 @@ class ServeSettings(BaseSettings):
     reload_interval_s: float = Field(default=10.0, gt=0.0)
     #: ``ML_MAX_BODY_BYTES``: the largest request body accepted (413 above it), a memory guard.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: ``ML_CANDIDATE_MODE``: what the registry's ``CANDIDATE`` version does. ``off``: it is not
+    #: loaded. ``shadow``: it also scores every record, answers come from ``LATEST``, and agreement,
+    #: confidence and latency are exported per version. ``canary``: it answers the share
+    #: ``ML_CANARY_SHARE`` of records, chosen by a stable hash of the record id.
+    candidate_mode: Literal["off", "shadow", "canary"] = "off"
+    #: ``ML_CANARY_SHARE``: the share of records (0-1) the candidate answers in canary mode.
+    canary_share: float = Field(default=0.1, ge=0.0, le=1.0)
     #: ``ML_IMAGE_DIGEST``: the image digest the process runs from, shown in ``/v1/model``.
     image_digest: str | None = None
     #: ``ML_LOG_LEVEL``: uvicorn's log level.

@@ -1,10 +1,12 @@
-"""The served model and its hot reload.
+"""The served models and their hot reload.
 
-The current model is one reference, replaced in a single assignment: a request takes the reference
-when it starts and keeps it, so requests in flight finish on the version they started with while new
-ones see the new version. A candidate version is loaded, sha256-verified (by the registry) and made
-to predict once before the swap; if any step fails the old version keeps serving, the failure is
-logged and counted, and that version is not retried until ``LATEST`` moves again.
+What is served is one :class:`Models` pair (``LATEST`` and, in shadow or canary mode, the registry's
+``CANDIDATE``), replaced in a single assignment: a request takes the pair when it starts and keeps
+it, so requests in flight finish on the versions they started with while new ones see the new pair.
+A version is loaded, sha256-verified (by the registry) and made to predict once before it joins a
+pair; if any step fails the old pair keeps serving, the failure is logged and counted, and that
+version is not tried again. A version already loaded is reused, so promoting the candidate swaps it
+in without loading it twice.
 """
 
 from __future__ import annotations
@@ -27,17 +29,25 @@ log = logging.getLogger(__name__)
 _SMOKE_RECORD = {"description": "SUT SILK 3-0 SA74H", "cost": 10.0, "contract": "", "department": ""}
 
 
+@dataclass(frozen=True)
+class Models:
+    """The versions one request uses: ``latest`` always, ``candidate`` in shadow or canary mode."""
+
+    latest: LoadedModel
+    candidate: LoadedModel | None = None
+
+
 @dataclass
 class ModelState:
     """What is served now, and why nothing is when nothing is."""
 
     settings: ServeSettings
     metrics: ServeMetrics
-    current: LoadedModel | None = None
+    models: Models | None = None
     #: Why the service is not ready (no model yet) or why the last candidate was refused.
     reason: str = "no model loaded yet"
     last_error: str | None = None
-    _failed_version: str | None = None
+    _failed_versions: set[str] = field(default_factory=set, repr=False)
     _registry: ModelRegistry | None = field(default=None, repr=False)
 
     @property
@@ -46,66 +56,109 @@ class ModelState:
             self._registry = ModelRegistry(self.settings.store, self.settings.model_name)
         return self._registry
 
+    @property
+    def current(self) -> LoadedModel | None:
+        """The LATEST version being served."""
+        models = self.models
+        return models.latest if models else None
+
     def describe(self) -> dict[str, Any]:
         """Metadata for ``/v1/model``: the registry's metadata plus where the process runs."""
-        model = self.current  # one read: a swap in between must not mix two versions
-        if model is None:
+        models = self.models  # one read: a swap in between must not mix two versions
+        if models is None:
             return {}
+        model = models.latest
         return {
             **model.metadata,
             "version": model.version,
             "name": self.settings.model_name,
             "image_digest": self.settings.image_digest or model.metadata.get("image_digest"),
             "classes": [str(c) for c in model.pipeline.classes_],
+            "candidate_version": models.candidate.version if models.candidate else None,
+            "candidate_mode": self.settings.candidate_mode,
         }
 
     def check_once(self) -> bool:
-        """Load ``LATEST`` if it changed (blocking: run it in a thread). True when a swap happened."""
+        """Load ``LATEST`` (and ``CANDIDATE``) if they changed (blocking: run it in a thread).
+
+        True when the served pair changed.
+        """
+        use_candidate = self.settings.candidate_mode != "off"
         try:
             latest = self.registry.latest_version()
+            candidate = self.registry.candidate_version() if use_candidate else None
         except Exception as exc:  # the store is unreachable: keep serving what we have
-            self._fail(None, f"cannot read LATEST from {self.settings.store}: {exc}")
+            self._fail(None, "latest", f"cannot read the model pointers from {self.settings.store}: {exc}")
             return False
         if latest is None:
-            if self.current is None:
+            if self.models is None:
                 self.reason = f"no LATEST model '{self.settings.model_name}' in {self.settings.store} yet"
             return False
-        if (self.current is not None and latest == self.current.version) or latest == self._failed_version:
+        old = self.models
+        loaded = {m.version: m for m in (old.latest, old.candidate) if m is not None} if old else {}
+        new_latest = loaded.get(latest) or self._load(latest, "latest") or (old.latest if old else None)
+        if new_latest is None:
             return False
-        try:
-            candidate = self.registry.load(latest)
-            frame = pd.DataFrame([_SMOKE_RECORD])
-            predict(candidate.pipeline, frame, top_k=self.settings.top_k)
-        except Exception as exc:
-            self._fail(latest, f"version {latest} refused: {exc}")
+        new_candidate = None
+        if candidate is not None and candidate != new_latest.version:
+            new_candidate = loaded.get(candidate) or self._load(candidate, "candidate")
+        if old is not None and old.latest is new_latest and old.candidate is new_candidate:
             return False
-        previous = self.current.version if self.current else None
-        self.current = candidate  # the atomic swap
+        self.models = Models(new_latest, new_candidate)  # the atomic swap
         self.reason = "ready"
-        self._failed_version = None
-        self.metrics.reloads.labels(result="success").inc()
-        self.metrics.model_ready.set(1)
-        self.metrics.set_references([(candidate.version, candidate.metadata)], self.settings.review_threshold)
-        self.metrics.model_info.info(
+        self._export(new_latest, new_candidate)
+        log.info(
+            "serving model %s version %s, candidate %s (mode %s); was %s, candidate %s",
+            self.settings.model_name,
+            new_latest.version,
+            new_candidate.version if new_candidate else None,
+            self.settings.candidate_mode,
+            old.latest.version if old else None,
+            old.candidate.version if old and old.candidate else None,
+        )
+        return True
+
+    def _load(self, version: str, role: str) -> LoadedModel | None:
+        """Load and smoke-test one version; None (logged, counted, never retried) when refused."""
+        if version in self._failed_versions:
+            return None
+        try:
+            model = self.registry.load(version)
+            predict(model.pipeline, pd.DataFrame([_SMOKE_RECORD]), top_k=self.settings.top_k)
+        except Exception as exc:
+            self._fail(version, role, f"{role} version {version} refused: {exc}")
+            return None
+        self.metrics.reloads.labels(result="success", role=role).inc()
+        return model
+
+    def _export(self, latest: LoadedModel, candidate: LoadedModel | None) -> None:
+        metrics = self.metrics
+        metrics.model_ready.set(1)
+        metrics.model_info.info(
             {
-                "version": candidate.version,
-                "sha256": str(candidate.metadata.get("sha256", "")),
+                "version": latest.version,
+                "sha256": str(latest.metadata.get("sha256", "")),
                 "image_digest": self.settings.image_digest or "",
             }
         )
-        log.info("serving model %s version %s (was %s)", self.settings.model_name, latest, previous)
-        return True
+        metrics.candidate_ready.set(1 if candidate else 0)
+        metrics.candidate_info.info(
+            {"version": candidate.version if candidate else "", "mode": self.settings.candidate_mode}
+        )
+        served = [(latest, "latest")] + ([(candidate, "candidate")] if candidate else [])
+        metrics.keep_review_shares({(model.version, role) for model, role in served})
+        metrics.set_references([(model.version, model.metadata) for model, _ in served], self.settings.review_threshold)
 
-    def _fail(self, version: str | None, message: str) -> None:
+    def _fail(self, version: str | None, role: str, message: str) -> None:
         self.last_error = message
         if version is not None:
-            self._failed_version = version
-        if self.current is None:
+            self._failed_versions.add(version)
+        if self.models is None:
             self.reason = message
-        self.metrics.reloads.labels(result="failure").inc()
+        self.metrics.reloads.labels(result="failure", role=role).inc()
         log.error(
             "model reload failed, %s: %s",
-            "keeping version " + self.current.version if self.current else "still not ready",
+            "keeping version " + self.models.latest.version if self.models else "still not ready",
             message,
         )
 

@@ -220,4 +220,4 @@ def test_metrics_for_operations_and_drift(server: Server) -> None:
     ):
         assert f"{prefix}_{name}" in text, name
     assert f'{prefix}_requests_total{{route="/v1/classify",status="200"}}' in text
-    assert f'{prefix}_model_reloads_total{{result="success"}} 1.0' in text
+    assert f'{prefix}_model_reloads_total{{result="success",role="latest"}} 1.0' in text

@@ -105,9 +105,9 @@ def test_versions_in_one_batch_each_use_their_own_model(tiny_data: pd.DataFrame,
     calls: list[str] = []
 
     class Spy(MicroBatcher):
-        def _call(self, model: LoadedModel, parts: list[Columns]) -> Any:
+        def _call(self, model: LoadedModel, role: str, parts: list[Columns], count_batch: bool = True) -> Any:
             calls.append(model.version)
-            return super()._call(model, parts)
+            return super()._call(model, role, parts, count_batch)
 
     async def scenario() -> None:
         batcher = Spy(ServeSettings(), ServeMetrics())
