@@ -42,6 +42,11 @@ METADATA = "metadata.json"
 LATEST = "LATEST"
 CANDIDATE = "CANDIDATE"
 POINTERS = (LATEST, CANDIDATE)
+#: How ``ml train`` estimates quality (``metrics["estimate"]``): a fit on the rows outside the 20 %
+#: hash split of descriptions, scored on the split. Models registered before the label existed were
+#: scored exactly this way (by the model itself, which was then fitted on those rows only), so
+#: metadata without it reads as this.
+HASH_SPLIT_ESTIMATE = "hash-split-20pct"
 
 
 @dataclass(frozen=True)
@@ -137,11 +142,22 @@ class ModelRegistry:
         return version
 
     def gate(self, candidate_metrics: dict[str, Any], tolerance: float) -> GateDecision:
-        """The quality gate: macro-F1 may not drop more than ``tolerance`` below LATEST's."""
+        """The quality gate: macro-F1 may not drop more than ``tolerance`` below LATEST's.
+
+        Only estimates made the same way are compared: against a LATEST estimated differently the
+        gate refuses, and a person decides (``ml evaluate`` both, then ``ml models promote``).
+        """
         current = self.latest_version()
         if current is None:
             return GateDecision(True, "no LATEST yet")
-        current_f1 = float(self.metadata(current)["metrics"]["macro_f1"])
+        current_metrics = self.metadata(current)["metrics"]
+        current_method = current_metrics.get("estimate", HASH_SPLIT_ESTIMATE)
+        new_method = candidate_metrics.get("estimate", HASH_SPLIT_ESTIMATE)
+        if new_method != current_method:
+            return GateDecision(
+                False, f"quality estimated by {new_method}, LATEST {current} by {current_method}: not comparable"
+            )
+        current_f1 = float(current_metrics["macro_f1"])
         new_f1 = float(candidate_metrics["macro_f1"])
         verdict = f"macro-F1 {new_f1:.4f} vs LATEST {current} {current_f1:.4f} (tolerance {tolerance})"
         return GateDecision(new_f1 >= current_f1 - tolerance, verdict)
