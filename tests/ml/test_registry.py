@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from ml import schema
-from ml.errors import BadInputError, IntegrityError, NotFoundError
+from ml.cli import main
+from ml.errors import BadInputError, ExitCode, IntegrityError, NotFoundError
 from ml.model import predict
 from ml.registry import LATEST, METADATA, ModelRegistry
 
@@ -101,3 +102,71 @@ def test_model_this_code_cannot_run_is_refused_at_load(tmp_path) -> None:
     registry.promote(version)
     with pytest.raises(BadInputError, match="cannot be used by this code"):
         registry.load()
+
+
+def test_candidate_is_proposed_promoted_and_rejected(store_url, trained_model) -> None:
+    registry = ModelRegistry(store_url)
+    first = registry.save(trained_model.pipeline, metadata(0.5))
+    registry.promote(first)
+    second = registry.save(trained_model.pipeline, metadata(0.6))
+    assert registry.candidate_version() is None
+    with pytest.raises(NotFoundError, match="no CANDIDATE"):
+        registry.promote_candidate()
+    with pytest.raises(BadInputError, match="already LATEST"):
+        registry.propose(first)
+    with pytest.raises(NotFoundError, match="no complete version"):
+        registry.propose("20990101T000000Z-dead00")
+
+    registry.propose(second)
+    assert registry.candidate_version() == second and registry.latest_version() == first
+    assert registry.load().version == first  # readers that are not told keep LATEST (batch predict)
+    assert registry.load("candidate").version == second
+    assert [v["version"] for v in registry.versions()] == [first, second]  # pointers are not versions
+
+    assert registry.reject_candidate() == second
+    assert registry.candidate_version() is None and registry.latest_version() == first
+    with pytest.raises(NotFoundError, match="no CANDIDATE"):
+        registry.reject_candidate()
+
+    registry.propose(second)
+    assert registry.promote_candidate() == second
+    assert registry.latest_version() == second and registry.candidate_version() is None
+    assert not registry.fs.exists(f"{registry.root}/CANDIDATE")
+
+
+def test_a_candidate_equal_to_latest_reads_as_none(tmp_path, trained_model) -> None:
+    """Mid-promotion (LATEST written, CANDIDATE not yet removed) readers see no candidate."""
+    registry = ModelRegistry(str(tmp_path / "store"))
+    version = registry.save(trained_model.pipeline, metadata(0.5))
+    registry.promote(version)
+    (tmp_path / "store" / "models" / "purchase-classifier" / "CANDIDATE").write_text(version)
+    assert registry.candidate_version() is None
+
+
+def test_models_cli_gates_the_candidate_then_promotes_or_rejects(tmp_path, trained_model, capsys) -> None:
+    store = str(tmp_path / "store")
+    registry = ModelRegistry(store)
+    latest = registry.save(trained_model.pipeline, metadata(0.60))
+    registry.promote(latest)
+    worse = registry.save(trained_model.pipeline, metadata(0.40))
+    better = registry.save(trained_model.pipeline, metadata(0.61))
+
+    assert main(["models", "candidate", worse, "--store", store]) == ExitCode.GATE_REJECTED
+    assert "not made CANDIDATE" in capsys.readouterr().err
+    assert registry.candidate_version() is None
+
+    assert main(["models", "candidate", better, "--store", store]) == 0
+    assert json.loads(capsys.readouterr().out)["candidate"] == better
+    assert main(["models", "list", "--store", store, "--json"]) == 0
+    listed = {v["version"]: v for v in json.loads(capsys.readouterr().out)}
+    assert listed[better]["candidate"] and listed[latest]["latest"] and not listed[worse]["candidate"]
+
+    assert main(["models", "reject", "--store", store]) == 0
+    assert json.loads(capsys.readouterr().out) == {"rejected": better}
+    assert main(["models", "promote", "--store", store]) == ExitCode.NOT_FOUND
+    assert "no CANDIDATE" in capsys.readouterr().err
+
+    assert main(["models", "candidate", better, "--store", store]) == 0
+    assert main(["models", "promote", "--store", store]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"latest": better}
+    assert registry.latest_version() == better and registry.candidate_version() is None

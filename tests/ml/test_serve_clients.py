@@ -14,7 +14,6 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
