@@ -1,0 +1,161 @@
+"""Declare one account's CI access: GitHub's OIDC provider and the roles the workflows assume.
+
+Run once per account by an administrator (``pulumi -C bootstrap up`` on stack dev, staging, prod)
+before the first deploy; the role ARNs it exports become the GitHub environments' variables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import pulumi
+import pulumi_aws as aws
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from bootstrap.policies import (
+    CI_ROLE_PREFIX,
+    GITHUB_OIDC_URL,
+    MANAGED_POLICIES,
+    STS_AUDIENCE,
+    deployer_iam_policy,
+    ecr_policy,
+    github_trust_policy,
+    preview_deny_policy,
+    subject,
+)
+
+NAMESPACE = "purchase-classifier-bootstrap"
+TOKEN_PREFIX = "purchase-classifier-bootstrap:ci"
+Environment = Literal["dev", "staging", "prod"]
+
+
+class BootstrapConfig(BaseModel):
+    """Everything under ``purchase-classifier-bootstrap:`` in a bootstrap stack file."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    environment: Environment = Field(description="The environment whose account this stack sets up.")
+    repository: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$",
+        description="GitHub `owner/name`: the only repository whose workflows may assume the roles.",
+    )
+    ecr_repository_name: str = Field(
+        default="purchase-classifier", description="The main stack's ECR repository in this account."
+    )
+    promotion_target: Environment | None = Field(
+        default=None, description="The environment that promotes images out of this account (image-pull role)."
+    )
+
+
+def load_config() -> BootstrapConfig:
+    config = pulumi.Config(NAMESPACE)
+    raw = {key: config.get(key) for key in ("environment", "repository", "ecrRepositoryName", "promotionTarget")}
+    try:
+        return BootstrapConfig.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{NAMESPACE}:{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise pulumi.RunError(f"bootstrap stack {pulumi.get_stack()!r}: {problems}") from exc
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    subjects: list[str]
+    inline: dict[str, object]
+    managed: list[str]
+
+
+def role_specs(cfg: BootstrapConfig, account_id: str, region: str) -> list[RoleSpec]:
+    """The roles of one account, with their exact subjects and policies (pure, for the tests)."""
+    repo = cfg.repository
+    env = cfg.environment
+    ecr_arn = f"arn:aws:ecr:{region}:{account_id}:repository/{cfg.ecr_repository_name}"
+    # dev's image is built on main, outside any environment; later stacks receive it by promotion.
+    push_subject = subject(repo, ref="refs/heads/main") if env == "dev" else subject(repo, environment=env)
+    specs = [
+        RoleSpec(
+            "preview",
+            [subject(repo, environment=f"{env}-preview")],
+            {"no-data-reads": preview_deny_policy()},
+            MANAGED_POLICIES["preview"],
+        ),
+        RoleSpec(
+            "deployer",
+            [subject(repo, environment=env)],
+            {"iam": deployer_iam_policy(account_id)},
+            MANAGED_POLICIES["deployer"],
+        ),
+        RoleSpec("image-push", [push_subject], {"ecr": ecr_policy(ecr_arn, push=True)}, []),
+    ]
+    if cfg.promotion_target is not None:
+        specs.append(
+            RoleSpec(
+                "image-pull",
+                [subject(repo, environment=cfg.promotion_target)],
+                {"ecr": ecr_policy(ecr_arn, push=False)},
+                [],
+            )
+        )
+    return specs
+
+
+def _trust_json(subjects: list[str]) -> Callable[[str], str]:
+    return lambda provider_arn: json.dumps(github_trust_policy(provider_arn, subjects))
+
+
+class GithubCiAccess(pulumi.ComponentResource):
+    """GitHub's OIDC provider and one IAM role per :class:`RoleSpec`, named ``ci-<role>``."""
+
+    def __init__(self, name: str, specs: list[RoleSpec], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"{TOKEN_PREFIX}:GithubCiAccess", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # No thumbprint: AWS trusts GitHub's OIDC endpoint through its own CA library.
+        self.provider = aws.iam.OpenIdConnectProvider(
+            f"{name}-github", url=GITHUB_OIDC_URL, client_id_lists=[STS_AUDIENCE], opts=child
+        )
+        self.role_arns: dict[str, pulumi.Output[str]] = {}
+        for spec in specs:
+            role = aws.iam.Role(
+                f"{name}-{spec.name}",
+                name=f"{CI_ROLE_PREFIX}{spec.name}",
+                description=f"GitHub Actions ({', '.join(spec.subjects)})",
+                assume_role_policy=self.provider.arn.apply(_trust_json(spec.subjects)),
+                max_session_duration=3600,
+                opts=child,
+            )
+            for policy_name, document in spec.inline.items():
+                aws.iam.RolePolicy(
+                    f"{name}-{spec.name}-{policy_name}",
+                    role=role.name,
+                    policy=json.dumps(document),
+                    opts=pulumi.ResourceOptions(parent=role),
+                )
+            for i, arn in enumerate(spec.managed):
+                aws.iam.RolePolicyAttachment(
+                    f"{name}-{spec.name}-managed-{i}",
+                    role=role.name,
+                    policy_arn=arn,
+                    opts=pulumi.ResourceOptions(parent=role),
+                )
+            self.role_arns[spec.name] = role.arn
+        self.register_outputs({"providerArn": self.provider.arn, "roleArns": self.role_arns})
+
+
+def main() -> None:
+    cfg = load_config()
+    aws_config = pulumi.Config("aws")
+    region = aws_config.require("region")
+    accounts = aws_config.require_object("allowedAccountIds")
+    provider = aws.Provider("aws", region=region, allowed_account_ids=accounts)
+    # The account is the one the credentials are in; allowedAccountIds has already refused any other.
+    account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=provider)).account_id
+    access = GithubCiAccess(
+        "ci", role_specs(cfg, account_id, region), opts=pulumi.ResourceOptions(providers=[provider])
+    )
+    pulumi.export("oidcProviderArn", access.provider.arn)
+    for role, arn in access.role_arns.items():
+        pulumi.export(f"{role}RoleArn", arn)
