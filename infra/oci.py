@@ -21,16 +21,24 @@ Credentials, per registry host, in this order:
 
 Loopback hosts (``localhost``, ``127.0.0.1``, ``[::1]``) are spoken to over plain HTTP, as the
 Docker client does by default; every other host over HTTPS.
+
+``python -m infra.oci login HOST`` stores an ECR login for ``HOST`` (made with the credentials of the
+moment) in the Docker config, so a later step running as another account's role can still read it:
+the promotion workflow logs in to the source account's registry this way before it assumes the
+target account's role.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -255,3 +263,41 @@ def check_serves(repo: Repository, digest: str) -> None:
                 raise RegistryError(f"{repo} serves manifest {current} but lacks blob(s) {', '.join(missing)}")
     except (requests.RequestException, DXFError) as exc:
         raise RegistryError(f"{repo} could not be checked for {digest}: {_describe(exc)}") from exc
+
+
+def save_login(host: str) -> Path:
+    """Store an ECR login for ``host`` in the Docker config (as ``docker login`` does), readable by us only.
+
+    :raises RegistryError: ``host`` is not an ECR registry.
+    """
+    login = _ecr_login(host)
+    if login is None:
+        raise RegistryError(f"{host} is not an ECR registry (<account>.dkr.ecr.<region>.amazonaws.com)")
+    path = docker_config_path()
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault("auths", {})[host] = {"auth": base64.b64encode(":".join(login).encode()).decode()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config.", dir=path.parent)  # created 0600
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.oci", description="OCI registry helpers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    login = commands.add_parser("login", help="store an ECR login for HOST in the Docker config")
+    login.add_argument("host", help="<account>.dkr.ecr.<region>.amazonaws.com")
+    args = parser.parse_args(argv)
+    try:
+        path = save_login(args.host)
+    except RegistryError as exc:
+        print(f"oci login: refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"oci login: {args.host} stored in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -365,3 +365,33 @@ def test_registry_login_comes_from_the_docker_config(tmp_path: Path, monkeypatch
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     assert login_for(host) == ("AWS", "token-from-ecr-login")
     assert login_for("registry.invalid:5000") is None
+
+
+def test_an_ecr_login_is_stored_for_a_later_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The promotion workflow logs in to the source account's ECR, then assumes the target's role:
+    # the stored login must be what the copy later finds. ECR's API here is moto's server.
+    from moto.server import ThreadedMotoServer
+
+    from infra.oci import main as oci_main
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for key, value in {
+            "AWS_ENDPOINT_URL_ECR": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "DOCKER_CONFIG": str(tmp_path / "docker"),
+        }.items():
+            monkeypatch.setenv(key, value)
+        registry = "111122223333.dkr.ecr.eu-west-1.amazonaws.com"
+        assert oci_main(["login", registry]) == EXIT_OK
+        config = tmp_path / "docker" / "config.json"
+        assert config.stat().st_mode & 0o777 == 0o600
+        username, password = login_for(registry) or ("", "")
+        assert username == "AWS" and password
+        assert oci_main(["login", "registry.example:5000"]) == EXIT_REFUSED
+        assert set(json.loads(config.read_text())["auths"]) == {registry}
+    finally:
+        server.stop()
