@@ -48,8 +48,9 @@ def check_reachable(endpoint: str, timeout: float = TIMEOUT_SECONDS) -> None:
         raise Unreachable(f"{parts.hostname}:{port}: {exc.strerror or exc}") from exc
 
 
-def eks_endpoint(stack: str, root: Path = ROOT) -> str:
-    """The API endpoint of the stack's EKS cluster (name and region from its stack file).
+def eks_endpoint(stack: str, root: Path = ROOT) -> str | None:
+    """The API endpoint of the stack's EKS cluster (name and region from its stack file); ``None``
+    before the first deploy created it (a preview then only plans to create it: nothing to reach).
 
     :raises Unreachable: the stack file names no EKS cluster, or AWS cannot describe it.
     """
@@ -62,7 +63,11 @@ def eks_endpoint(stack: str, root: Path = ROOT) -> str:
         raise Unreachable(f"stack {stack!r} has no EKS cluster to look up; give --endpoint")
     try:
         described = boto3.client("eks", region_name=config["aws:region"]).describe_cluster(name=cluster["name"])
-    except (BotoCoreError, ClientError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return None
+        raise Unreachable(f"cannot describe EKS cluster {cluster['name']!r}: {exc}") from exc
+    except BotoCoreError as exc:
         raise Unreachable(f"cannot describe EKS cluster {cluster['name']!r}: {exc}") from exc
     return str(described["cluster"]["endpoint"])
 
@@ -76,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         endpoint = args.endpoint or eks_endpoint(args.stack)
+        if endpoint is None:
+            print(f"reach: stack {args.stack!r} has no cluster yet; nothing to reach before its first deploy")
+            return 0
         check_reachable(endpoint, args.timeout)
     except (Unreachable, FileNotFoundError) as exc:
         label = f" (runner label pc-{args.stack})" if args.stack else ""

@@ -64,3 +64,22 @@ def test_a_stack_without_an_eks_cluster_asks_for_the_endpoint(capsys: pytest.Cap
     assert main(["--stack", "local"]) == 1
     err = capsys.readouterr().err
     assert "stack 'local' has no EKS cluster to look up; give --endpoint" in err and "pc-local" in err
+
+
+def test_before_the_first_deploy_there_is_nothing_to_reach(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # EKS's API here is moto's server, which (like AWS) answers ResourceNotFound for pc-staging.
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", f"http://{host}:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        assert main(["--stack", "staging"]) == 0
+        assert "stack 'staging' has no cluster yet" in capsys.readouterr().out
+    finally:
+        server.stop()
