@@ -42,6 +42,7 @@ from infra.k8s.common import (
     storage_env,
     storage_secrets,
 )
+from infra.k8s.monitoring import prometheus_ingress
 from infra.naming import (
     DASK_NODE_LABEL_KEY,
     DASK_NODE_LABEL_VALUE,
@@ -260,7 +261,8 @@ def _tcp(*ports: int) -> list[Obj]:
 
 def build_network_policies(ctx: Context) -> list[Obj]:
     """Only workers and the train/predict jobs reach the scheduler; only the cluster's own members
-    (scheduler, workers, those jobs) reach the workers."""
+    (scheduler, workers, those jobs) reach the workers; Prometheus, when monitoring is enabled,
+    reaches only the dashboard ports that serve ``/metrics``."""
 
     def peers(*components: str) -> list[Obj]:
         return [{"podSelector": component_selector(list(components))}]
@@ -280,7 +282,10 @@ def build_network_policies(ctx: Context) -> list[Obj]:
             (SCHEDULER,),
             {
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": peers(WORKER, *DASK_CLIENTS), "ports": _tcp(SCHEDULER_PORT)}],
+                "ingress": [
+                    {"from": peers(WORKER, *DASK_CLIENTS), "ports": _tcp(SCHEDULER_PORT)},
+                    *prometheus_ingress(ctx, SCHEDULER_DASHBOARD_PORT),
+                ],
                 "egress": [{"to": peers(WORKER), "ports": worker_ports}],
             },
         ),
@@ -289,7 +294,10 @@ def build_network_policies(ctx: Context) -> list[Obj]:
             (WORKER,),
             {
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": peers(SCHEDULER, WORKER, *DASK_CLIENTS), "ports": worker_ports}],
+                "ingress": [
+                    {"from": peers(SCHEDULER, WORKER, *DASK_CLIENTS), "ports": worker_ports},
+                    *prometheus_ingress(ctx, WORKER_DASHBOARD_PORT),
+                ],
                 "egress": [
                     {"to": peers(SCHEDULER), "ports": _tcp(SCHEDULER_PORT)},
                     {"to": peers(WORKER), "ports": worker_ports},

@@ -29,6 +29,7 @@ from infra.k8s.common import (
     storage_env,
     storage_secrets,
 )
+from infra.k8s.monitoring import prometheus_ingress
 from infra.naming import SA_SERVING
 
 SERVE_ARGS = ["serve", "--host", "0.0.0.0", "--port", str(SERVING_PORT)]
@@ -127,7 +128,7 @@ def build_pdb(ctx: Context) -> Obj:
 
 
 def build_network_policy(ctx: Context) -> Obj:
-    """Clients only from the configured namespaces (Prometheus too: list its namespace to scrape).
+    """Clients only from the configured namespaces, and Prometheus's when monitoring is enabled.
 
     An empty list leaves ``ingress: []``: the service admits no one, which is the safe default.
     """
@@ -161,7 +162,7 @@ def build_network_policy(ctx: Context) -> Obj:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(ctx, SERVING)},
             "policyTypes": ["Ingress"],
-            "ingress": ingress,
+            "ingress": ingress + prometheus_ingress(ctx, SERVING_PORT),
         },
     }
 

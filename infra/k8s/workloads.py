@@ -14,6 +14,7 @@ import pulumi
 from infra.k8s.common import Context, database_port
 from infra.k8s.dask import DaskCluster, worker_memory_limit
 from infra.k8s.jobs import Jobs
+from infra.k8s.monitoring import MonitoringObjects
 from infra.k8s.namespace import Namespace
 from infra.k8s.serving import Serving
 
@@ -81,4 +82,6 @@ class Workloads(pulumi.ComponentResource):
         self.dask = DaskCluster("dask", ctx, opts=after_ns)
         self.serving = Serving("serving", ctx, opts=after_ns)
         self.jobs = Jobs("jobs", ctx, opts=after_ns)
+        if cfg.workloads.monitoring.enabled:  # the monitoring.coreos.com kinds need the operator's CRDs
+            MonitoringObjects("monitoring", ctx, opts=after_ns)
         self.register_outputs({"schedulerAddress": self.dask.scheduler_address, "servingUrl": self.serving.url})

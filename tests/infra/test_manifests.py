@@ -21,6 +21,7 @@ from kubernetes_validate import utils as kv
 
 from infra.render import K8S_DIR, kubernetes_manifests, render_run
 from tests.infra.harness import STACKS, cached_run
+from tests.monitoring.crds import is_prometheus_operator_object, validate_custom_resource
 
 KUBERNETES_VERSION = "1.32"
 SKIPS_FILE = Path(__file__).resolve().parents[2] / "infra" / "checkov-skips.yaml"
@@ -32,6 +33,9 @@ def validate_strict(obj: dict[str, Any]) -> None:
     The ``kubernetes-validate`` CLI only *warns* on a missing schema; through the Python API the
     :class:`SchemaNotFoundError` is raised and turned into a failure here.
     """
+    if is_prometheus_operator_object(obj):  # custom resources: the operator's own CRD schemas
+        validate_custom_resource(obj)
+        return
     try:
         kv.validate(obj, KUBERNETES_VERSION, strict=True)
     except kv.SchemaNotFoundError as exc:
