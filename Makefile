@@ -29,6 +29,7 @@ lint: env
 
 test: lint
 	scripts/install-registry
+	scripts/install-test-engines
 	$(VENV)/bin/pytest -q
 
 demo: env
