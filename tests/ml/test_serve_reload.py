@@ -97,12 +97,12 @@ def test_hot_reload_under_load_then_a_corrupt_version_is_ignored(tmp_path: Path,
         ModelRegistry(str(store), MODEL).promote(bad)
         with server.client() as client:
             for _ in range(600):
-                if 'model_reloads_total{result="failure"} 1.0' in client.get("/metrics").text:
+                if 'model_reloads_total{result="failure",role="latest"} 1.0' in client.get("/metrics").text:
                     break
                 stop.wait(0.1)
             metrics = client.get("/metrics").text
-            assert 'purchase_classifier_serve_model_reloads_total{result="failure"} 1.0' in metrics
-            assert 'purchase_classifier_serve_model_reloads_total{result="success"} 2.0' in metrics
+            assert 'purchase_classifier_serve_model_reloads_total{result="failure",role="latest"} 1.0' in metrics
+            assert 'purchase_classifier_serve_model_reloads_total{result="success",role="latest"} 2.0' in metrics
             ready = client.get("/readyz").json()
             assert ready["version"] == second[0]
             assert bad in ready["last_reload_error"] and "corrupt" in ready["last_reload_error"]
