@@ -1,6 +1,8 @@
 """The GitHub workflows: schema-valid, clean under checkov's github_actions checks, and holding the
 delivery rules the platform depends on (OIDC only, least privilege, SHA-pinned actions, no expression
-inside ``run:``, digest recorded on main, promotion behind environments).
+inside ``run:``, digest recorded on main, promotion behind environments, each environment's jobs on
+its own runners with its own roles, a bounded reachability check before every cluster operation,
+scheduled drift detection).
 
 GitHub itself is not available here, so "works" means: the files validate against the workflow
 JSON schema bundled with check-jsonschema, pass a workflow linter from PyPI run offline, and say
@@ -45,8 +47,11 @@ def _uses(step: dict[str, Any], action: str) -> bool:
     return str(step.get("uses", "")).split("@")[0] == action
 
 
-def test_there_are_three_workflows() -> None:
-    assert {p.name for p in WORKFLOWS} == {"pull-request.yml", "deploy-dev.yml", "promote.yml"}
+ENVIRONMENTS = ("dev", "staging", "prod")
+
+
+def test_there_are_four_workflows() -> None:
+    assert {p.name for p in WORKFLOWS} == {"pull-request.yml", "deploy-dev.yml", "promote.yml", "drift.yml"}
 
 
 def test_schema_valid() -> None:
@@ -119,7 +124,7 @@ def test_least_privilege_permissions(path: Path) -> None:
         perms = job.get("permissions")
         assert isinstance(perms, dict) and perms, f"job {name} must declare its permissions"
         assert "write-all" not in str(perms)
-        allowed = {"contents", "id-token", "pull-requests"}
+        allowed = {"contents", "id-token", "pull-requests"} | ({"issues"} if name == "report" else set())
         assert set(perms) <= allowed, f"job {name} asks for {set(perms) - allowed}"
         if perms.get("contents") == "write":
             assert any("git push" in str(s.get("run", "")) for s in job["steps"]), f"{name}: write unused"
@@ -164,13 +169,27 @@ def test_pull_request_workflow() -> None:
     assert upload and upload[0]["with"]["path"] == "render/"
 
     preview = jobs["preview"]
-    assert preview["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    assert preview["strategy"]["matrix"]["stack"] == list(ENVIRONMENTS)
     assert preview["permissions"]["pull-requests"] == "write"
     (pulumi,) = [s for s in preview["steps"] if _uses(s, "pulumi/actions")]
     assert pulumi["with"]["command"] == "preview"
     assert pulumi["with"]["comment-on-pr"] is True
     assert pulumi["with"]["stack-name"].endswith("/purchase-classifier/${{ matrix.stack }}")
     assert "head.repo.full_name == github.repository" in preview["if"]  # no OIDC for forks
+    _assert_runs_in_its_environment(preview, "${{ matrix.stack }}", "-preview", "AWS_PREVIEW_ROLE_ARN")
+
+
+def _assert_runs_in_its_environment(job: dict[str, Any], stack: str, suffix: str, role_variable: str) -> None:
+    """The job's environment, runner label and role are the stack's; the cluster is checked first."""
+    assert job["environment"] == f"{stack}{suffix}"
+    assert job["runs-on"][:2] == ["self-hosted", "linux"] and job["runs-on"][2] == f"pc-{stack}"
+    steps = job["steps"]
+    roles = [s["with"]["role-to-assume"] for s in steps if _uses(s, "aws-actions/configure-aws-credentials")]
+    assert roles[-1] == f"${{{{ vars.{role_variable} }}}}"
+    reach = [i for i, s in enumerate(steps) if "python -m infra.reach --stack" in str(s.get("run", ""))]
+    pulumi = [i for i, s in enumerate(steps) if _uses(s, "pulumi/actions")]
+    assert reach and pulumi and reach[0] < pulumi[0], "check the cluster before Pulumi talks to it"
+    assert job["timeout-minutes"] <= 60
 
 
 def test_deploy_dev_workflow() -> None:
@@ -185,6 +204,7 @@ def test_deploy_dev_workflow() -> None:
     assert checkout["with"]["ref"] == "${{ needs.build.outputs.commit }}", "deploy the recorded digest"
     (pulumi,) = [s for s in deploy["steps"] if _uses(s, "pulumi/actions")]
     assert pulumi["with"]["command"] == "up" and pulumi["with"]["stack-name"].endswith("/dev")
+    _assert_runs_in_its_environment(deploy, "dev", "", "AWS_DEPLOY_ROLE_ARN")
 
 
 def test_promote_workflow() -> None:
@@ -195,13 +215,69 @@ def test_promote_workflow() -> None:
     assert choice["type"] == "choice" and choice["options"] == ["dev-to-staging", "staging-to-prod"]
     job = workflow["jobs"]["promote"]
     assert job["environment"] == "${{ inputs.promotion == 'staging-to-prod' && 'prod' || 'staging' }}"
+    assert job["runs-on"] == [
+        "self-hosted",
+        "linux",
+        "${{ inputs.promotion == 'staging-to-prod' && 'pc-prod' || 'pc-staging' }}",
+    ]
     assert job["if"] == "github.ref == 'refs/heads/main'"
-    runs = [str(s.get("run", "")) for s in job["steps"]]
+    assert job["env"]["DOCKER_CONFIG"] == "${{ runner.temp }}/docker"  # logins die with the job
+    steps = job["steps"]
+    runs = [str(s.get("run", "")) for s in steps]
     assert '.venv/bin/python -m infra promote --from "$FROM_STACK" --to "$TO_STACK"' in runs
     assert any("git push origin HEAD:main" in r for r in runs)
-    (pulumi,) = [s for s in job["steps"] if _uses(s, "pulumi/actions")]
+    (pulumi,) = [s for s in steps if _uses(s, "pulumi/actions")]
     assert pulumi["with"]["command"] == "up"
     assert pulumi["with"]["stack-name"].endswith("/${{ env.TO_STACK }}")
-    steps = job["steps"]
-    promote_at = next(i for i, s in enumerate(steps) if "infra promote" in str(s.get("run", "")))
-    assert promote_at < steps.index(pulumi), "deploy what was promoted"
+
+    # The order that lets one job read one account's registry and write another's:
+    # source pull role -> stored login -> target push role -> promote (copy, verify, write) -> deploy.
+    def at(predicate: Any) -> int:
+        return next(i for i, s in enumerate(steps) if predicate(s))
+
+    def role(variable: str) -> int:
+        return at(lambda s: s.get("with", {}).get("role-to-assume") == f"${{{{ vars.{variable} }}}}")
+
+    login = at(lambda s: "python -m infra.oci login" in str(s.get("run", "")))
+    promote = at(lambda s: "infra promote" in str(s.get("run", "")))
+    assert role("AWS_SOURCE_PULL_ROLE_ARN") < login < role("AWS_IMAGE_PUSH_ROLE_ARN") < promote
+    assert promote < role("AWS_DEPLOY_ROLE_ARN") < steps.index(pulumi), "deploy what was promoted"
+    reach = at(lambda s: 'python -m infra.reach --stack "$TO_STACK"' in str(s.get("run", "")))
+    assert role("AWS_DEPLOY_ROLE_ARN") < reach < steps.index(pulumi)
+
+
+def test_drift_workflow() -> None:
+    workflow = _workflow("drift.yml")
+    assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}
+    (schedule,) = workflow["on"]["schedule"]
+    assert len(schedule["cron"].split()) == 5
+    detect, report = workflow["jobs"]["detect"], workflow["jobs"]["report"]
+    assert detect["strategy"]["matrix"]["stack"] == list(ENVIRONMENTS)
+    assert detect["strategy"]["fail-fast"] is False  # one drifted environment must not hide another
+    assert detect["permissions"] == {"contents": "read", "id-token": "write"}
+    _assert_runs_in_its_environment(detect, "${{ matrix.stack }}", "-preview", "AWS_PREVIEW_ROLE_ARN")
+    (pulumi,) = [s for s in detect["steps"] if _uses(s, "pulumi/actions")]
+    assert pulumi["with"]["command"] == "preview"
+    assert pulumi["with"]["refresh"] is True and pulumi["with"]["expect-no-changes"] is True
+
+    assert report["needs"] == "detect" and report["if"] == "failure()"
+    assert report["permissions"] == {"issues": "write"}
+    script = "\n".join(str(s.get("run", "")) for s in report["steps"])
+    assert "gh issue list --state open --label drift" in script
+    assert "gh issue comment" in script and "gh issue create" in script
+
+
+def test_environments_match_the_roles_the_bootstrap_program_trusts() -> None:
+    """Every environment the workflows run in is one a bootstrap role trusts, and the reverse."""
+    from bootstrap.program import BootstrapConfig, role_specs
+
+    trusted: set[str] = set()
+    for stack in ENVIRONMENTS:
+        raw = yaml.safe_load((ROOT / "bootstrap" / f"Pulumi.{stack}.yaml").read_text())["config"]
+        own = {key.split(":", 1)[1]: value for key, value in raw.items() if not key.startswith("aws:")}
+        cfg = BootstrapConfig.model_validate(own)
+        for spec in role_specs(cfg, "111122223333", "eu-west-1"):
+            trusted |= {s.rsplit(":environment:", 1)[1] for s in spec.subjects if ":environment:" in s}
+    used = {f"{stack}-preview" for stack in ENVIRONMENTS} | {"dev", "staging", "prod"}
+    assert trusted == used
+    assert _workflow("deploy-dev.yml")["jobs"]["deploy"]["environment"] == "dev"
