@@ -20,14 +20,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from policy.rules import (
-    RESOURCE_RULES,
-    STACK_RULE_DESCRIPTION,
-    STACK_RULE_NAME,
-    ResourceRule,
-    StackResource,
-    bucket_companions,
-)
+from policy.rules import RESOURCE_RULES, STACK_RULES, ResourceRule, StackResource, StackRule
 
 PACK_NAME = "purchase-classifier"
 
@@ -46,12 +39,17 @@ def _stack_resource(resource: PolicyResource) -> StackResource:
     deps = {d.urn for d in resource.dependencies}
     for items in resource.property_dependencies.values():
         deps.update(d.urn for d in items)
-    return StackResource(resource.resource_type, resource.urn, resource.props, frozenset(deps))
+    return StackResource(resource.resource_type, resource.urn, resource.props, frozenset(deps), resource.opts.protect)
 
 
-def _validate_stack(args: StackValidationArgs, report_violation: ReportViolation) -> None:
-    for urn, message in bucket_companions(_stack_resource(r) for r in args.resources):
-        report_violation(message, urn)
+def _stack_validator(check: StackRule) -> Callable[[StackValidationArgs, ReportViolation], None]:
+    """Adapt ``check(resources) -> [(urn, message)]`` to pulumi-policy's stack callback."""
+
+    def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+        for urn, message in check(_stack_resource(r) for r in args.resources):
+            report_violation(message, urn)
+
+    return validate
 
 
 def policies() -> list[Policy]:
@@ -65,12 +63,13 @@ def policies() -> list[Policy]:
         )
         for rule in RESOURCE_RULES
     ]
-    out.append(
+    out.extend(
         StackValidationPolicy(
-            name=STACK_RULE_NAME,
-            description=STACK_RULE_DESCRIPTION,
-            validate=_validate_stack,
+            name=rule.name,
+            description=rule.description,
+            validate=_stack_validator(rule.check),
             enforcement_level=EnforcementLevel.MANDATORY,
         )
+        for rule in STACK_RULES
     )
     return out

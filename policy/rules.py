@@ -42,6 +42,17 @@ BUCKET_ACL_TYPES = frozenset({"aws:s3/bucketAcl:BucketAcl", "aws:s3/bucketAclV2:
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 ECR_REPOSITORY = "aws:ecr/repository:Repository"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
+EKS_ADDON = "aws:eks/addon:Addon"
+EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+KMS_KEY = "aws:kms/key:Key"
+IAM_POLICY_TYPES = frozenset({"aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy"})
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+KARPENTER_NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+KARPENTER_NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+STATEFUL_TYPES = frozenset({EKS_CLUSTER, KMS_KEY, ECR_REPOSITORY}) | BUCKET_TYPES
+"""Resources whose loss loses data or access: protected from deletion in prod."""
+PROTECTED_STACKS = frozenset({"prod"})
 
 POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:core/v1:Pod": ("spec",),
@@ -302,6 +313,81 @@ def eks_control_plane_logs(resource_type: str, props: Props) -> list[str]:
     return [f"enabledClusterLogTypes is missing {', '.join(missing)}"] if missing else []
 
 
+def iam_least_privilege(resource_type: str, props: Props) -> list[str]:
+    """Identity policies grant no wildcard action, no NotAction/NotResource, and no write on ``*``
+    (the check of :func:`infra.aws.policies.least_privilege_violations`)."""
+    if resource_type not in IAM_POLICY_TYPES:
+        return []
+    from infra.aws.policies import least_privilege_violations
+
+    doc = _policy_document(props.get("policy"))
+    if doc is None:
+        return ["policy is not a JSON policy document"]
+    return least_privilege_violations(_plain(doc))
+
+
+def _plain(value: Any) -> Any:
+    """Proxies (under the CLI) as plain dicts and lists, for code that expects JSON data."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if _is_seq(value) else value
+
+
+def network_policy_enforced(resource_type: str, props: Props) -> list[str]:
+    """The VPC CNI addon enforces NetworkPolicies (``enableNetworkPolicy``); off, every policy is ignored."""
+    if resource_type != EKS_ADDON or props.get("addonName") != "vpc-cni":
+        return []
+    values = _policy_document(props.get("configurationValues")) or {}
+    if str(values.get("enableNetworkPolicy")).lower() != "true":
+        return ['vpc-cni configurationValues must set enableNetworkPolicy to "true"']
+    return []
+
+
+def _imds_problems(options: Any, hop_key: str) -> list[str]:
+    if not isinstance(options, Mapping):
+        return ["metadataOptions missing (default allows IMDSv1 or a hop limit of 2)"]
+    out = []
+    if options.get("httpTokens") != "required":
+        out.append(f"metadataOptions.httpTokens is {options.get('httpTokens')!r}, must be 'required' (IMDSv2)")
+    if options.get(hop_key) != 1:
+        out.append(f"metadataOptions.{hop_key} is {options.get(hop_key)!r}, must be 1")
+    return out
+
+
+def nodes_imdsv2_hop_limit_1(resource_type: str, props: Props) -> list[str]:
+    """Nodes answer only IMDSv2 and only one hop away: pods cannot read the node role's credentials."""
+    if resource_type == LAUNCH_TEMPLATE:
+        return _imds_problems(props.get("metadataOptions"), "httpPutResponseHopLimit")
+    if resource_type == KARPENTER_NODE_CLASS:
+        return _imds_problems(_dig(props, ("spec", "metadataOptions")), "httpPutResponseHopLimit")
+    if resource_type == EKS_NODE_GROUP and not props.get("launchTemplate"):
+        return ["node group has no launch template (EKS's default allows a metadata hop limit of 2)"]
+    return []
+
+
+def _encrypted(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def nodes_encrypted_root_volumes(resource_type: str, props: Props) -> list[str]:
+    """Every node's root volume is an encrypted EBS volume, declared explicitly."""
+    if resource_type == LAUNCH_TEMPLATE:
+        mappings = _seq(props.get("blockDeviceMappings"))
+    elif resource_type == KARPENTER_NODE_CLASS:
+        mappings = _seq(_dig(props, ("spec", "blockDeviceMappings")))
+    elif resource_type == EKS_NODE_GROUP and not props.get("launchTemplate"):
+        return ["node group has no launch template declaring an encrypted root volume"]
+    else:
+        return []
+    if not mappings:
+        return ["no blockDeviceMappings: the root volume's encryption is left to the account default"]
+    return [
+        f"blockDeviceMappings[{i}] ({_dig(m, ('deviceName',))}): ebs.encrypted must be true"
+        for i, m in enumerate(mappings)
+        if not _encrypted(_dig(m, ("ebs", "encrypted")))
+    ]
+
+
 # --- stack-level rule: every bucket has its encryption and public-access-block companions ----------
 
 
@@ -314,6 +400,8 @@ class StackResource:
     props: Props = field(default_factory=dict)
     dependencies: frozenset[str] = frozenset()
     """URNs this resource depends on (its ``bucket`` input references the bucket's id)."""
+    protect: bool = False
+    """The resource's ``protect`` option."""
 
 
 def bucket_companions(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
@@ -334,6 +422,48 @@ def bucket_companions(resources: Iterable[StackResource]) -> list[tuple[str, str
         if bucket.urn not in blocked:
             out.append((bucket.urn, "bucket has no BucketPublicAccessBlock"))
     return out
+
+
+def _stack_of(urn: str) -> str:
+    """``urn:pulumi:<stack>::<project>::...`` → ``<stack>``."""
+    return urn.split("::", 1)[0].removeprefix("urn:pulumi:")
+
+
+def autoscaler_present(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
+    """An EKS cluster comes with Karpenter (its chart) and at least one NodePool: without a node
+    autoscaler, pods beyond the system nodes stay Pending."""
+    items = list(resources)
+    clusters = [r for r in items if r.type == EKS_CLUSTER]
+    charts = {str(r.props.get("chart", "")).rsplit("/", 1)[-1] for r in items if r.type == HELM_RELEASE}
+    pools = [r for r in items if r.type == KARPENTER_NODE_POOL]
+    out = []
+    for cluster in clusters:
+        if "karpenter" not in charts:
+            out.append((cluster.urn, "no Karpenter Helm release: nothing scales the cluster's nodes"))
+        if not pools:
+            out.append((cluster.urn, "no Karpenter NodePool: Karpenter may launch no node"))
+    return out
+
+
+def metrics_server_present(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
+    """An EKS cluster runs the metrics-server addon: without it no HorizontalPodAutoscaler acts."""
+    items = list(resources)
+    addons = {r.props.get("addonName") for r in items if r.type == EKS_ADDON}
+    return [
+        (r.urn, "no metrics-server addon: HorizontalPodAutoscalers get no metrics and never scale")
+        for r in items
+        if r.type == EKS_CLUSTER and "metrics-server" not in addons
+    ]
+
+
+def stateful_resources_protected(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
+    """In prod, the cluster, KMS keys, buckets and registries are ``protect``ed: no update or
+    destroy deletes them by accident."""
+    return [
+        (r.urn, f"{r.type} is stateful and must be protected in stack {_stack_of(r.urn)!r}")
+        for r in resources
+        if r.type in STATEFUL_TYPES and _stack_of(r.urn) in PROTECTED_STACKS and not r.protect
+    ]
 
 
 # --- the catalogue ---------------------------------------------------------------------------------
@@ -367,9 +497,38 @@ RESOURCE_RULES: tuple[RuleSpec, ...] = (
              eks_secrets_encrypted),
     RuleSpec("eks-control-plane-logs", "EKS ships api, audit and authenticator logs.",
              eks_control_plane_logs),
+    RuleSpec("iam-least-privilege", "IAM policies: no wildcard actions, no writes on resource '*'.",
+             iam_least_privilege),
+    RuleSpec("network-policy-enforced", "The VPC CNI addon enforces NetworkPolicies.",
+             network_policy_enforced),
+    RuleSpec("nodes-imdsv2-hop-limit-1", "Nodes require IMDSv2 with a hop limit of 1.",
+             nodes_imdsv2_hop_limit_1),
+    RuleSpec("nodes-encrypted-root-volumes", "Nodes' root volumes are encrypted EBS volumes.",
+             nodes_encrypted_root_volumes),
 )  # fmt: skip
 STACK_RULE_NAME = "s3-bucket-encrypted-and-blocked"
 STACK_RULE_DESCRIPTION = "Every S3 bucket has a server-side encryption configuration and a public access block."
+
+StackRule = Callable[[Iterable[StackResource]], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class StackRuleSpec:
+    """One mandatory stack rule: it sees every resource at once."""
+
+    name: str
+    description: str
+    check: StackRule
+
+
+STACK_RULES: tuple[StackRuleSpec, ...] = (
+    StackRuleSpec(STACK_RULE_NAME, STACK_RULE_DESCRIPTION, bucket_companions),
+    StackRuleSpec("eks-node-autoscaler", "An EKS cluster runs Karpenter with at least one NodePool.",
+                  autoscaler_present),
+    StackRuleSpec("eks-metrics-server", "An EKS cluster runs the metrics-server addon.", metrics_server_present),
+    StackRuleSpec("prod-stateful-protected", "In prod, the cluster, KMS keys, buckets and registries are protected.",
+                  stateful_resources_protected),
+)  # fmt: skip
 
 
 def check_resource(resource_type: str, props: Props) -> dict[str, list[str]]:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from policy.rules import RESOURCE_RULES, STACK_RULE_NAME, StackResource, bucket_companions
+from policy.rules import RESOURCE_RULES, STACK_RULES, StackResource
 
 
 def scan_stack(stack: str, placeholder_digest: str | None = None) -> tuple[int, list[str]]:
@@ -36,8 +36,12 @@ def scan_stack(stack: str, placeholder_digest: str | None = None) -> tuple[int, 
     for res in run.resources:
         for rule in RESOURCE_RULES:
             lines.extend(f"{rule.name}: {res.type} `{res.name}`: {m}" for m in rule.check(res.type, res.inputs))
-    companions = [StackResource(r.type, r.urn, r.inputs, frozenset(r.dependencies)) for r in run.resources]
-    lines.extend(f"{STACK_RULE_NAME}: {urn}: {message}" for urn, message in bucket_companions(companions))
+    resources = [
+        StackResource(r.type, r.urn, r.inputs, frozenset(r.dependencies), bool(r.options.get("protect")))
+        for r in run.resources
+    ]
+    for stack_rule in STACK_RULES:
+        lines.extend(f"{stack_rule.name}: {urn}: {message}" for urn, message in stack_rule.check(resources))
     return len(run.resources), lines
 
 
@@ -53,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stack in args.stack:
         count, violations = scan_stack(stack, args.placeholder_digest)
         status = "PASS" if not violations else f"FAIL ({len(violations)})"
-        report.append(f"## {stack}: {status}, {count} resources, {len(RESOURCE_RULES) + 1} rules")
+        report.append(f"## {stack}: {status}, {count} resources, {len(RESOURCE_RULES) + len(STACK_RULES)} rules")
         report.extend(f"- {line}" for line in violations)
         report.append("")
         failed = failed or bool(violations)

@@ -170,7 +170,15 @@ def key_policy_for_logs(account_id: str, region: str) -> Policy:
                 "Sid": "CloudWatchLogsEncrypts",
                 "Effect": "Allow",
                 "Principal": {"Service": f"logs.{region}.amazonaws.com"},
-                "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                "Action": [
+                    "kms:Encrypt",
+                    "kms:Decrypt",
+                    "kms:ReEncryptFrom",
+                    "kms:ReEncryptTo",
+                    "kms:GenerateDataKey",
+                    "kms:GenerateDataKeyWithoutPlaintext",
+                    "kms:DescribeKey",
+                ],
                 "Resource": "*",
                 "Condition": {
                     "ArnLike": {"kms:EncryptionContext:aws:logs:arn": f"arn:aws:logs:{region}:{account_id}:log-group:*"}
@@ -402,25 +410,53 @@ def karpenter_controller_policy(
 _KARPENTER_CREATED = ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")
 """EC2 resource kinds Karpenter creates (and so may tag at creation)."""
 
-READ_ONLY_VERBS = ("Describe", "Get", "List")
-"""Action verbs that read; only they may be allowed on resource ``*``."""
+UNSCOPABLE_ACTIONS = frozenset(
+    {
+        "ec2:DescribeAvailabilityZones",
+        "ec2:DescribeImages",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTypeOfferings",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeSpotPriceHistory",
+        "ec2:DescribeSubnets",
+        "ecr:GetAuthorizationToken",
+        "pricing:GetProducts",
+    }
+)
+"""Read actions AWS does not scope by resource (the Service Authorization Reference lists no
+resource type for them): the only ones an identity policy may allow on resource ``*``."""
 
 
 def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _is_wildcard_resource(resource: str) -> bool:
+    """``*``, or an ARN whose resource part is only ``*`` (``arn:aws:s3:::*``): every resource of a
+    service. ``<log group arn>:*`` (its streams) or ``.../prefix/*`` are scoped."""
+    parts = resource.split(":", 5)
+    return resource == "*" or (len(parts) == 6 and parts[5] == "*")
+
+
 def least_privilege_violations(policy: Policy) -> list[str]:
     """Why an identity policy is too broad (empty when it is fine).
 
-    Rules: no ``Allow`` of a wildcard action (``s3:*``, ``*``, ``ec2:Describe*``), no
-    ``NotAction``/``NotResource`` allows, and resource ``*`` only for read actions (``Describe*``,
-    ``Get*``, ``List*``: the ones AWS cannot scope by resource). ``Deny`` statements are not grants and
-    are skipped; statements with a ``Principal`` (resource policies) are scoped by their resource.
+    Identity policies (no ``Principal``): no wildcard action (``s3:*``, ``*``, ``ec2:Describe*``),
+    no ``NotAction``/``NotResource``, and resource ``*`` (or a whole service, ``arn:aws:s3:::*``) only
+    for :data:`UNSCOPABLE_ACTIONS`. Resource policies (a key's, a queue's) are attached to the one
+    resource they govern and name their principals: they must not allow everyone (``*``). ``Deny``
+    statements are not grants and are skipped.
     """
     problems = []
     for i, st in enumerate(policy.get("Statement", [])):
         if st.get("Effect") != "Allow":
+            continue
+        if "Principal" in st:
+            principal = st["Principal"]
+            if principal == "*" or (isinstance(principal, dict) and "*" in _as_list(principal.get("AWS", []))):
+                problems.append(f"statement {i}: Allow to every principal ('*')")
             continue
         if "NotAction" in st or "NotResource" in st:
             problems.append(f"statement {i}: Allow with NotAction/NotResource")
@@ -428,11 +464,11 @@ def least_privilege_violations(policy: Policy) -> list[str]:
         for action in actions:
             if "*" in action:
                 problems.append(f"statement {i}: wildcard action {action!r}")
-        writes = [a for a in actions if not a.split(":", 1)[-1].startswith(READ_ONLY_VERBS)]
-        if "Principal" not in st and writes:  # identity policy: what it changes must be scoped
+        scopable = [a for a in actions if a not in UNSCOPABLE_ACTIONS]
+        if scopable:
             for resource in _as_list(st.get("Resource", [])):
-                if resource == "*" or resource.endswith(":*"):
-                    problems.append(f"statement {i}: {', '.join(writes)} on wildcard resource {resource!r}")
+                if _is_wildcard_resource(resource):
+                    problems.append(f"statement {i}: {', '.join(scopable)} on wildcard resource {resource!r}")
     return problems
 
 

@@ -1,4 +1,4 @@
-"""Pure builders: image references, subnet layout, NAT placement, node groups, kubeconfig, lifecycles."""
+"""Pure builders: image references, subnet layout, NAT placement, kubeconfig, lifecycles."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import ipaddress
 
 import pytest
 
-from infra.aws.cluster import kubeconfig, node_group_specs
+from infra.aws.cluster import kubeconfig
 from infra.aws.network import nat_zones, subnet_layout
 from infra.aws.registry import lifecycle_policy
 from infra.aws.storage import lifecycle_rules
 from infra.aws.tags import default_tags
-from infra.config import NodeGroup, Storage
+from infra.config import Storage
 from infra.images import ImageReferenceError, image_reference
 from infra.mockrun import load_stack_config, to_pulumi_config
-from infra.naming import DASK_NODE_LABEL_KEY, DASK_TAINT_KEY
 
 DIGEST = "sha256:" + "0f" * 32
 
@@ -76,16 +75,6 @@ def test_nat_placement() -> None:
         nat_zones(["a"], "none")
 
 
-def test_node_groups_dask_is_labelled_and_tainted() -> None:
-    ng = NodeGroup(instance_types=["m5.large"], capacity_type="SPOT", min_size=0, max_size=3, desired_size=1)
-    sysng = NodeGroup(instance_types=["t3.large"], capacity_type="ON_DEMAND", min_size=1, max_size=2, desired_size=1)
-    system, dask = node_group_specs(sysng, ng)
-    assert system.taints == [] and system.capacity_type == "ON_DEMAND"
-    assert dask.labels == {DASK_NODE_LABEL_KEY: "dask"}
-    assert dask.taints == [{"key": DASK_TAINT_KEY, "value": "true", "effect": "NO_SCHEDULE"}]
-    assert dask.capacity_type == "SPOT" and dask.max_size == 3
-
-
 def test_kubeconfig_uses_exec_auth_not_static_credentials() -> None:
     cfg = kubeconfig("pc-dev", "https://x.eks.amazonaws.com", "Q0E=", "eu-west-1")
     user = cfg["users"][0]["user"]
@@ -94,11 +83,22 @@ def test_kubeconfig_uses_exec_auth_not_static_credentials() -> None:
     assert cfg["clusters"][0]["cluster"]["certificate-authority-data"] == "Q0E="
 
 
-def test_ecr_lifecycle_expires_only_untagged() -> None:
-    rule = lifecycle_policy(7)["rules"][0]
-    assert rule["selection"]["tagStatus"] == "untagged" and rule["selection"]["countNumber"] == 7
+def test_ecr_lifecycle_expires_untagged_by_age_and_keeps_the_newest_tagged() -> None:
+    untagged, tagged = lifecycle_policy(7, 50)["rules"]
+    assert untagged["selection"]["tagStatus"] == "untagged" and untagged["selection"]["countNumber"] == 7
+    # Tagged images go by count, never by age: a registry that receives no new image (prod between
+    # releases) keeps the one it runs and the ones before it, however old.
+    assert tagged["selection"] == {
+        "tagStatus": "tagged",
+        "tagPatternList": ["*"],
+        "countType": "imageCountMoreThan",
+        "countNumber": 50,
+    }
+    assert tagged["action"] == {"type": "expire"} and tagged["rulePriority"] > untagged["rulePriority"]
     with pytest.raises(ValueError):
-        lifecycle_policy(0)
+        lifecycle_policy(0, 50)
+    with pytest.raises(ValueError, match="roll back"):
+        lifecycle_policy(7, 1)
 
 
 def test_bucket_lifecycle_expires_training_only() -> None:

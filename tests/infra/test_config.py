@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from infra.aws.capacity import capacity_problems
 from infra.config import (
     ConfigError,
+    Protection,
     StackConfig,
     config_reference_markdown,
     cpu_millicores,
@@ -67,9 +69,11 @@ def test_env_shapes() -> None:
     assert dev.network and staging.network and prod.network
     assert dev.network.nat_gateways == "single" and len(dev.network.availability_zones) == 2
     assert prod.network.nat_gateways == "perAz" and len(prod.network.availability_zones) == 3
-    assert dev.cluster.node_groups and prod.cluster.node_groups
-    assert dev.cluster.node_groups.dask.capacity_type == "SPOT"
-    assert prod.cluster.node_groups.system.capacity_type == "ON_DEMAND"
+    assert dev.cluster.node_pools and prod.cluster.node_pools
+    assert dev.cluster.node_pools.dask.capacity_types == ["spot", "on-demand"]
+    assert prod.cluster.node_pools.dask.capacity_types == ["on-demand"]  # a reclaim must not stall predict
+    assert dev.protection == Protection(protect=False, retain_on_delete=False)
+    assert staging.protection == prod.protection == Protection(protect=True, retain_on_delete=True)
     assert not prod.cluster.endpoint_public_access and not staging.cluster.endpoint_public_access
 
 
@@ -99,9 +103,9 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
     # (id, path, value, expected fragment of the message)
     (
         "wrong type",
-        "cluster.nodeGroups.dask.maxSize",
+        "cluster.nodePools.dask.maxInstanceCpu",
         "lots",
-        "purchase-classifier:cluster.nodeGroups.dask.maxSize: got 'lots'",
+        "purchase-classifier:cluster.nodePools.dask.maxInstanceCpu: got 'lots'",
     ),
     (
         "wrong type bool",
@@ -137,7 +141,7 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
     ),
     (
         "out of range int",
-        "cluster.nodeGroups.system.diskSizeGb",
+        "cluster.systemNodes.diskSizeGb",
         5,
         "diskSizeGb: got 5; Input should be greater than or equal to 20",
     ),
@@ -150,15 +154,49 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
     ),
     (
         "sizes unordered",
-        "cluster.nodeGroups.dask.desiredSize",
+        "cluster.systemNodes.desiredSize",
         9,
-        "minSize <= desiredSize <= maxSize, got 0 <= 9 <= 3",
+        "minSize <= desiredSize <= maxSize, got 1 <= 9 <= 2",
+    ),
+    ("pool sizes unordered", "cluster.nodePools.dask.minInstanceCpu", 8, "minInstanceCpu 8 is above maxInstanceCpu 4"),
+    (
+        "pool with no EC2 size",
+        "cluster.nodePools.general",
+        {
+            "capacityTypes": ["on-demand"],
+            "instanceCategories": ["m"],
+            "minInstanceCpu": 5,
+            "maxInstanceCpu": 7,
+            "limits": {"cpu": "16", "memory": "64Gi"},
+        },
+        "cluster.nodePools.general.minInstanceCpu/maxInstanceCpu: instance sizes 5..7 vCPUs include no EC2 size",
+    ),
+    ("bad capacity type", "cluster.nodePools.dask.capacityTypes", ["SPOT"], "Input should be 'spot' or 'on-demand'"),
+    ("capacity type twice", "cluster.nodePools.dask.capacityTypes", ["spot", "spot"], "lists a value twice"),
+    (
+        "unsupported cluster version",
+        "cluster.version",
+        "1.32",
+        "'1.32' is not a supported cluster version; supported: 1.35",
     ),
     (
-        "system on spot",
-        "cluster.nodeGroups.system.capacityType",
-        "SPOT",
-        "the system group must be ON_DEMAND",
+        "duplicate admin",
+        "cluster.adminRoleArns",
+        ["arn:aws:iam::111122223333:role/a", "arn:aws:iam::111122223333:role/a"],
+        "['arn:aws:iam::111122223333:role/a'] listed more than once; each role gets exactly one access entry",
+    ),
+    (
+        "worker too big for any node of its pool",
+        "workloads.dask.workers.resources",
+        {"requests": {"cpu": "4", "memory": "4Gi"}, "limits": {"cpu": "4", "memory": "4Gi"}},
+        "purchase-classifier:workloads.dask.workers.resources.requests: 4 CPU / 4Gi cannot fit the largest node "
+        "purchase-classifier:cluster.nodePools.dask may launch, 4 vCPU / 32 GiB (3715m and 27.8 GiB for pods)",
+    ),
+    (
+        "autoscaling on workers",
+        "workloads.dask.workers.autoscaling",
+        {"minReplicas": 1, "maxReplicas": 4},
+        "purchase-classifier:workloads.dask.workers.autoscaling: unknown key",
     ),
     ("tag not digest", "imageDigest", "latest", "imageDigest: got 'latest'; 'latest' is not an image digest"),
     ("bad cron", "workloads.jobs.train.schedule", "every monday", "is not a 5-field cron schedule"),
@@ -234,6 +272,26 @@ def test_bad_config_is_refused_with_key_value_and_rule(
     text = str(info.value)
     assert text.startswith("invalid config for stack 'dev':")
     assert message in text, text
+
+
+def test_todays_dev_sizing_is_refused_naming_the_keys(dev: dict[str, Any]) -> None:
+    """Two workers of 1 CPU on 2-vCPU Dask nodes, one node's worth of limits: the sizing this stack had
+    before node autoscaling, which left a worker Pending for ever."""
+    raw = _set(dev, "cluster.nodePools.dask.maxInstanceCpu", 2)
+    raw = _set(raw, "cluster.nodePools.dask.limits", {"cpu": "2", "memory": "16Gi"})
+    with pytest.raises(ConfigError) as info:
+        _parse(raw, stack="dev")
+    (problem,) = info.value.problems
+    assert problem.startswith("purchase-classifier:cluster.nodePools.dask.limits: at maximum scale its pods need 2")
+    for key in ("cluster.nodePools.dask.maxInstanceCpu", "workloads.dask.workers.replicas"):
+        assert f"purchase-classifier:{key}" in problem
+    assert "allow 1" in problem
+
+
+def test_committed_stacks_pass_the_capacity_check() -> None:
+    for stack in ("dev", "staging", "prod"):
+        cfg = _parse(load_stack_config(stack, ROOT), stack)
+        assert capacity_problems(cfg, NS) == []
 
 
 def test_plaintext_secret_is_refused(dev: dict[str, Any]) -> None:

@@ -83,6 +83,26 @@ def test_checker_catches_broad_policies() -> None:
     assert least_privilege_violations(tls_only_bucket_policy(BUCKET)) == []  # a Deny grants nothing
 
 
+def test_wildcard_resource_only_for_actions_aws_cannot_scope() -> None:
+    describe = {"Effect": "Allow", "Action": ["ec2:DescribeSubnets", "pricing:GetProducts"], "Resource": "*"}
+    assert least_privilege_violations({"Statement": [describe]}) == []
+    write = {"Effect": "Allow", "Action": ["ec2:RunInstances"], "Resource": "*"}
+    assert least_privilege_violations({"Statement": [write]}) == [
+        "statement 0: ec2:RunInstances on wildcard resource '*'"
+    ]
+    service_wide = {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::*"}
+    assert least_privilege_violations({"Statement": [service_wide]}) != []
+    streams = {"Effect": "Allow", "Action": ["logs:PutLogEvents"], "Resource": "arn:aws:logs:r:1:log-group:g:*"}
+    assert least_privilege_violations({"Statement": [streams]}) == []
+
+
+def test_resource_policies_may_grant_named_principals_broadly_but_never_everyone() -> None:
+    key_admin = {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::1:root"}, "Action": "kms:*", "Resource": "*"}
+    assert least_privilege_violations({"Statement": [key_admin]}) == []
+    public = {"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:r:1:q"}
+    assert least_privilege_violations({"Statement": [public]}) == ["statement 0: Allow to every principal ('*')"]
+
+
 def test_pod_identity_trust_pins_the_source_account() -> None:
     (st,) = pod_identity_trust_policy("444455556666")["Statement"]
     assert st["Effect"] == "Allow"
@@ -147,7 +167,7 @@ def _assert_pinned(trusts: dict[str, dict[str, Any]], account: str) -> None:
 def test_every_pod_identity_trust_is_pinned_to_the_stack_account(stack: str) -> None:
     trusts = _pod_identity_trusts(cached_run(stack).resources)
     # One role per workload with bucket access, plus the EBS CSI driver's.
-    assert set(trusts) == {f"identities-{w}" for w in IDENTITY_WORKLOADS} | {"cluster-ebs-csi"}
+    assert set(trusts) == {f"identities-{w}" for w in IDENTITY_WORKLOADS} | {"cluster-ebs-csi", "karpenter-controller"}
     _assert_pinned(trusts, stack_account(load_stack_config(stack)))
 
 

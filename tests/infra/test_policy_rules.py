@@ -304,9 +304,9 @@ def _by_name() -> dict[str, Any]:
 def test_pack_is_all_mandatory_and_names_unique() -> None:
     pack = policies()
     names = [p.name for p in pack]
-    assert len(names) == len(set(names)) == len(rules.RESOURCE_RULES) + 1
+    assert len(names) == len(set(names)) == len(rules.RESOURCE_RULES) + len(rules.STACK_RULES)
     assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in pack)
-    assert sum(isinstance(p, StackValidationPolicy) for p in pack) == 1
+    assert sum(isinstance(p, StackValidationPolicy) for p in pack) == len(rules.STACK_RULES)
     assert all(isinstance(p, ResourceValidationPolicy | StackValidationPolicy) for p in pack)
 
 

@@ -8,7 +8,8 @@ from collections import Counter
 import pulumi
 import pytest
 
-from infra.aws.cluster import ADDONS, CONTROL_PLANE_LOGS
+from infra.aws.cluster import CONTROL_PLANE_LOGS
+from infra.config import ADDON_NAMES
 from infra.mockrun import CapturedResource, StackRun, load_stack_config, run_stack, stack_account
 from infra.naming import IDENTITY_WORKLOADS, PROJECT
 from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, cached_run
@@ -19,6 +20,7 @@ COMPONENTS = {
     "purchase-classifier:aws:Registry",
     "purchase-classifier:aws:Storage",
     "purchase-classifier:aws:Identities",
+    "purchase-classifier:aws:Karpenter",
 }
 
 
@@ -79,10 +81,11 @@ def test_eks_stacks_declare_the_whole_platform(stack: str) -> None:
         "aws:s3/bucket:Bucket",
     ):
         assert counts[t] == 1, t
-    assert counts["aws:eks/nodeGroup:NodeGroup"] == 2
-    assert counts["aws:eks/podIdentityAssociation:PodIdentityAssociation"] == len(IDENTITY_WORKLOADS)
+    assert counts["aws:eks/nodeGroup:NodeGroup"] == 1  # system only: Karpenter launches the rest
+    # The workloads' identities and Karpenter's controller.
+    assert counts["aws:eks/podIdentityAssociation:PodIdentityAssociation"] == len(IDENTITY_WORKLOADS) + 1
     assert counts["pulumi:providers:kubernetes"] == 1
-    assert {r.inputs["addonName"] for r in run.of_type("aws:eks/addon:Addon")} == set(ADDONS)
+    assert sorted(r.inputs["addonName"] for r in run.of_type("aws:eks/addon:Addon")) == sorted(ADDON_NAMES)
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -140,31 +143,32 @@ def test_cluster_endpoint_exposure_encryption_and_logs(stack: str, public: bool,
 @pytest.mark.parametrize(("stack", "days"), [("dev", 14), ("staging", 90), ("prod", 365)])
 def test_control_plane_log_retention(stack: str, days: int) -> None:
     run = cached_run(stack)
-    group = one(run, "aws:cloudwatch/logGroup:LogGroup")
     cluster = one(run, "aws:eks/cluster:Cluster")
+    (group,) = [g for g in run.of_type("aws:cloudwatch/logGroup:LogGroup") if g.name == "cluster-logs"]
     assert group.inputs["name"] == f"/aws/eks/{cluster.inputs['name']}/cluster"
     assert group.inputs["retentionInDays"] == days
     assert group.urn in cluster.dependencies
 
 
-@pytest.mark.parametrize(
-    ("stack", "system", "dask"),
-    [
-        ("dev", ("ON_DEMAND", 1, 3, 2), ("SPOT", 0, 3, 1)),
-        ("staging", ("ON_DEMAND", 2, 4, 2), ("SPOT", 0, 6, 2)),
-        ("prod", ("ON_DEMAND", 3, 6, 3), ("ON_DEMAND", 1, 10, 3)),
-    ],
-)
-def test_node_groups_per_env(stack: str, system: tuple, dask: tuple) -> None:
-    groups = {r.name: r for r in cached_run(stack).of_type("aws:eks/nodeGroup:NodeGroup")}
-    for name, (capacity, lo, hi, want) in (("cluster-system", system), ("cluster-dask", dask)):
-        g = groups[name]
-        assert g.inputs["capacityType"] == capacity
-        assert g.inputs["scalingConfig"] == {"minSize": lo, "maxSize": hi, "desiredSize": want}
-    assert groups["cluster-dask"].inputs["taints"] == [
-        {"key": "purchase-classifier/dask", "value": "true", "effect": "NO_SCHEDULE"}
-    ]
-    assert "taints" not in groups["cluster-system"].inputs or groups["cluster-system"].inputs["taints"] == []
+@pytest.mark.parametrize(("stack", "sizes"), [("dev", (1, 2, 1)), ("staging", (2, 3, 2)), ("prod", (3, 4, 3))])
+def test_system_node_group_is_on_demand_tainted_and_templated(stack: str, sizes: tuple[int, int, int]) -> None:
+    run = cached_run(stack)
+    group = one(run, "aws:eks/nodeGroup:NodeGroup")
+    assert group.inputs["capacityType"] == "ON_DEMAND"
+    assert group.inputs["amiType"] == "AL2023_x86_64_STANDARD"
+    assert group.inputs["scalingConfig"] == dict(zip(("minSize", "maxSize", "desiredSize"), sizes, strict=True))
+    assert group.inputs["taints"] == [{"key": "CriticalAddonsOnly", "value": "true", "effect": "NO_SCHEDULE"}]
+    assert "diskSize" not in group.inputs  # the launch template declares the root volume
+    template = one(run, "aws:ec2/launchTemplate:LaunchTemplate")
+    assert template.urn in group.dependencies
+    assert template.inputs["metadataOptions"] == {
+        "httpEndpoint": "enabled",
+        "httpTokens": "required",
+        "httpPutResponseHopLimit": 1,
+    }
+    (root,) = template.inputs["blockDeviceMappings"]
+    assert root["deviceName"] == "/dev/xvda"
+    assert root["ebs"]["volumeType"] == "gp3" and root["ebs"]["encrypted"] == "true"
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -172,8 +176,10 @@ def test_admin_access_entries(stack: str) -> None:
     run = cached_run(stack)
     entries = run.of_type("aws:eks/accessEntry:AccessEntry")
     assocs = run.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-    assert len(entries) == len(assocs) >= 1
+    admins = [e for e in entries if e.inputs["type"] == "STANDARD"]
+    assert len(admins) == len(assocs) >= 1
     assert all(a.inputs["policyArn"].endswith("AmazonEKSClusterAdminPolicy") for a in assocs)
+    assert len({e.inputs["principalArn"] for e in entries}) == len(entries)
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -215,7 +221,10 @@ def test_bucket_is_private_encrypted_versioned_tls_only(stack: str, days: int) -
 def test_encryption_on_everything_that_stores_data(stack: str) -> None:
     run = cached_run(stack)
     keys = run.of_type("aws:kms/key:Key")
-    assert len(keys) == 2 and all(k.inputs["enableKeyRotation"] is True for k in keys)
+    # Kubernetes secrets, the bucket, and the two log groups (control plane, VPC flow logs).
+    assert len(keys) == 4 and all(k.inputs["enableKeyRotation"] is True for k in keys)
+    groups = run.of_type("aws:cloudwatch/logGroup:LogGroup")
+    assert len(groups) == 2 and all(g.inputs["kmsKeyId"].startswith("arn:aws:kms:") for g in groups)
     assert one(run, "aws:eks/cluster:Cluster").inputs["encryptionConfig"]
     assert one(run, "aws:ecr/repository:Repository").inputs["encryptionConfigurations"]
     assert run.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
@@ -227,7 +236,7 @@ def test_pod_identity_bindings(stack: str) -> None:
     assocs = run.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
     assert {(a.inputs["namespace"], a.inputs["serviceAccount"]) for a in assocs} == {
         ("purchase-classifier", w) for w in IDENTITY_WORKLOADS
-    }
+    } | {("kube-system", "karpenter")}
     trust = [
         json.loads(r.inputs["assumeRolePolicy"])
         for r in run.of_type("aws:iam/role:Role")
@@ -282,7 +291,9 @@ def test_fresh_stack_without_digest_warns_and_skips(stack: str) -> None:
     run = cached_run(stack, with_digest=False)
     assert "imageReference" not in run.outputs or run.outputs["imageReference"] is None
     assert any("imageDigest is not set" in w and "skipped" in w for w in run.warnings)
-    assert not any(r.type.startswith("kubernetes:") and not r.type.startswith("pulumi:") for r in run.resources)
+    # The platform's own cluster objects (Karpenter's charts and pools) exist; no workload does.
+    workloads = [r for r in run.resources if r.type.startswith("kubernetes:") and "aws:Karpenter" not in r.urn]
+    assert workloads == []
 
 
 def test_existing_cluster_declares_no_aws() -> None:
