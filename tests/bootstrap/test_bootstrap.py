@@ -160,7 +160,7 @@ def _role_arns(run: StackRun) -> list[str]:
     return [v for k, v in run.outputs.items() if k.endswith("RoleArn")]
 
 
-@pytest.mark.parametrize("stack", ["staging", "prod"])
+@pytest.mark.parametrize("stack", STACKS)
 def test_the_deployer_is_the_role_the_main_stack_makes_cluster_admin(stack: str) -> None:
     main = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     assert run_outputs_role(stack, "deployer") in main["purchase-classifier:cluster"]["adminRoleArns"]
