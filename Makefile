@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy ml infra policy
+	$(VENV)/bin/mypy ml infra policy bootstrap
 
 test: lint
 	scripts/install-registry
