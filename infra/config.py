@@ -6,7 +6,7 @@ is allowed (:class:`ConfigError`), instead of surfacing minutes later as a cloud
 through an update.
 
 YAML keys are camelCase (Pulumi's convention); the Python attributes are snake_case. Field
-descriptions double as the documentation: the README's configuration table is generated from them
+descriptions double as the documentation: the configuration table in docs/platform.md is generated from them
 (:func:`config_reference_markdown`, ``python -m infra.config``) and a test keeps it in sync.
 """
 
@@ -847,7 +847,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def config_reference_markdown() -> str:
-    """The README's stack configuration table, generated from the field descriptions."""
+    """The stack configuration table of docs/platform.md, generated from the field descriptions."""
     lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for key, type_name, default, description in _iter_fields(StackConfig, NAMESPACE):
         lines.append(f"| `{key}` | {type_name} | {default} | {description} |")
