@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pulumi
@@ -302,6 +303,10 @@ def build_dashboard_configmap(ctx: Context) -> Obj:
     }
 
 
+def _nth_service_monitor(index: int, ctx: Context) -> Obj:
+    return build_service_monitors(ctx)[index]
+
+
 class MonitoringObjects(pulumi.ComponentResource):
     """The ServiceMonitors, PodMonitor, PrometheusRule and dashboard ConfigMap of a stack."""
 
@@ -309,7 +314,7 @@ class MonitoringObjects(pulumi.ComponentResource):
         super().__init__("purchase-classifier:k8s:Monitoring", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         for index, component in enumerate((SERVING, SCHEDULER)):
-            monitor = ctx.apply(lambda c, i=index: build_service_monitors(c)[i])
+            monitor = ctx.apply(partial(_nth_service_monitor, index))
             k8s.apiextensions.CustomResource(
                 f"{name}-{component}",
                 api_version=MONITORING_API,

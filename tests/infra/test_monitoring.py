@@ -95,7 +95,9 @@ def test_selector_labels_reach_every_monitor_and_the_rule() -> None:
 def test_the_rule_carries_the_stack_thresholds() -> None:
     ctx = with_monitoring(make_ctx(), error_ratio=0.02, latency_p99_seconds=0.4, runbook_url="https://x/runbook")
     rule = monitoring.build_prometheus_rule(ctx)
-    assert rule["spec"]["groups"] == monitoring.rule_groups(ctx.namespace, ctx.workloads.monitoring, "https://x/runbook")
+    assert rule["spec"]["groups"] == monitoring.rule_groups(
+        ctx.namespace, ctx.workloads.monitoring, "https://x/runbook"
+    )
     by_name = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert by_name["ServingHighErrorRatio"]["expr"].endswith("> 0.02")
     assert by_name["ServingLatencyHigh"]["expr"].endswith("> 0.4")
@@ -148,7 +150,7 @@ def test_network_policies_admit_prometheus_to_the_metrics_ports_only_when_enable
         "dask-scheduler": ingress_from(policies["dask-scheduler"], "observability"),
         "dask-worker": ingress_from(policies["dask-worker"], "observability"),
     }
-    assert actual == (expected if enabled else dict.fromkeys(expected, set()))
+    assert actual == (expected if enabled else {key: set() for key in expected})
 
 
 # ------------------------------------------------------------------ the program

@@ -34,9 +34,7 @@ def write_rules(directory: Path, namespace: str = TEST_NAMESPACE, mon: Monitorin
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool_binary(), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run([promtool_binary(), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:

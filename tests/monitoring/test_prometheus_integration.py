@@ -1,0 +1,321 @@
+"""A real Prometheus server on 127.0.0.1 scraping the real service and a real Dask cluster.
+
+The model is trained by ``python -m ml train`` on that Dask cluster, so its metadata carries the
+validation profile the drift alerts compare with; ``python -m ml serve`` serves it. Prometheus
+scrapes the three processes with the labels the Prometheus Operator gives (``namespace``, ``job``),
+evaluates the real alert rules, and the tests query what it stored: the series must count exactly
+the traffic the test drove, every rule must evaluate, and every dashboard panel must parse and show
+data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+
+from infra.config import Monitoring
+from infra.k8s.common import SCHEDULER, SERVING, WORKER
+from infra.k8s.monitoring import DASHBOARD_DIR, DASHBOARD_FILE, alerts, rule_groups
+from ml.reference import PROFILE_KEY, review_share
+from ml.registry import ModelRegistry
+from ml.schema import CATEGORY
+from tests.ml.serve_fixtures import MODEL, Server, start_server, tiny_data
+from tests.monitoring.engines import prometheus_binary
+from tests.support.ports import free_port
+
+__all__ = ["tiny_data"]  # a fixture this module uses
+
+pytestmark = pytest.mark.slow
+
+NAMESPACE = "purchase-classifier"
+REVIEW_THRESHOLD = 0.6
+REQUESTS = 30
+RECORDS_PER_REQUEST = 7
+
+
+@dataclass
+class Processes:
+    """Processes started by a fixture, stopped by their handles (never by name)."""
+
+    running: list[subprocess.Popen[bytes]]
+
+    def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.running.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.running):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered 200:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Monitored:
+    prometheus: str
+    server: Server
+    version: str
+    metadata: dict[str, Any]
+    records: pd.DataFrame
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": promql}, timeout=10)
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", f"{promql}: {body}"
+        return list(body["data"]["result"])
+
+    def value(self, promql: str) -> float:
+        (sample,) = self.query(promql)
+        return float(sample["value"][1])
+
+    def eventually(self, promql: str, expected: float, timeout: float = 30) -> None:
+        """Wait until ``promql`` gives ``expected`` (Prometheus scrapes every second)."""
+        deadline = time.monotonic() + timeout
+        got: Any = None
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            got = [float(s["value"][1]) for s in result]
+            if got == [pytest.approx(expected)]:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{promql} = {got}, expected {expected}")
+
+
+def prometheus_config(serving: str, scheduler: str, worker: str) -> dict[str, Any]:
+    """Scrape jobs named and labelled as the ServiceMonitors/PodMonitor make them in the cluster."""
+
+    def job(name: str, target: str) -> dict[str, Any]:
+        return {"job_name": name, "static_configs": [{"targets": [target], "labels": {"namespace": NAMESPACE}}]}
+
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yaml"],
+        "scrape_configs": [
+            job(SERVING, serving),
+            job(SCHEDULER, scheduler),
+            job(f"{NAMESPACE}/{WORKER}", worker),
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory, tiny_data: pd.DataFrame) -> Iterator[Monitored]:
+    base = tmp_path_factory.mktemp("monitoring")
+    processes = Processes([])
+    server: Server | None = None
+    try:
+        scheduler_port, scheduler_http, worker_http = free_port(), free_port(), free_port()
+        address = f"tcp://127.0.0.1:{scheduler_port}"
+        ml = [sys.executable, "-m", "ml"]
+        scheduler = processes.start(
+            [*ml, "dask", "scheduler", "--host", "127.0.0.1", "--port", str(scheduler_port),
+             "--dashboard-address", f"127.0.0.1:{scheduler_http}"],
+            base / "scheduler.log",
+        )  # fmt: skip
+        wait_for(f"http://127.0.0.1:{scheduler_http}/health", scheduler, base / "scheduler.log")
+        worker = processes.start(
+            [*ml, "dask", "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+             "--dashboard-address", f"127.0.0.1:{worker_http}", "--local-directory", str(base)],
+            base / "worker.log",
+        )  # fmt: skip
+        wait_for(f"http://127.0.0.1:{worker_http}/health", worker, base / "worker.log")
+
+        data = base / "labelled.csv"
+        tiny_data.to_csv(data, index=False)
+        store = base / "store"
+        trained = subprocess.run(
+            [*ml, "train", "--data", str(data), "--store", str(store), "--no-search", "--scheduler", address],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        registry = ModelRegistry(str(store), MODEL)
+        version = registry.latest_version()
+        assert version is not None
+
+        server = start_server(store, base / "server.log", "--review-threshold", str(REVIEW_THRESHOLD))
+        server.wait("/readyz")
+
+        rules = {"groups": rule_groups(NAMESPACE, Monitoring(), "docs/runbook.md")}
+        (base / "rules.yaml").write_text(yaml.safe_dump(rules))
+        config = prometheus_config(
+            server.url.removeprefix("http://"), f"127.0.0.1:{scheduler_http}", f"127.0.0.1:{worker_http}"
+        )
+        (base / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prometheus_port = free_port()
+        prometheus = processes.start(
+            [prometheus_binary(), f"--config.file={base / 'prometheus.yml'}",
+             f"--storage.tsdb.path={base / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+            base / "prometheus.log",
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{prometheus_port}"
+        wait_for(f"{url}/-/ready", prometheus, base / "prometheus.log")
+        yield Monitored(url, server, version, registry.metadata(version), tiny_data)
+    finally:
+        if server is not None:
+            server.stop()
+        processes.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic(monitored: Monitored) -> dict[str, Any]:
+    """Classify ``REQUESTS`` × ``RECORDS_PER_REQUEST`` records and send one non-JSON request."""
+    records = monitored.records.drop(columns=[CATEGORY]).head(REQUESTS * RECORDS_PER_REQUEST).copy()
+    # Text the model never saw in the last request: low confidence, so the review path is exercised.
+    records.iloc[-RECORDS_PER_REQUEST:, records.columns.get_loc("description")] = [
+        f"QXZ {i} VRRK PLOM" for i in range(RECORDS_PER_REQUEST)
+    ]
+    results: list[dict[str, Any]] = []
+    with monitored.server.client() as client:
+        for start in range(0, len(records), RECORDS_PER_REQUEST):
+            chunk = records.iloc[start : start + RECORDS_PER_REQUEST]
+            payload = {"records": json.loads(chunk.to_json(orient="records"))}
+            response = client.post("/v1/classify", json=payload)
+            assert response.status_code == 200, response.text
+            results += response.json()["results"]
+        refused = client.post("/v1/classify", content=b"records", headers={"content-type": "text/plain"})
+        assert refused.status_code == 415
+    return {"results": results}
+
+
+def test_prometheus_stores_exactly_the_traffic_the_service_answered(
+    monitored: Monitored, traffic: dict[str, Any]
+) -> None:
+    results = traffic["results"]
+    n = len(results)
+    assert n == REQUESTS * RECORDS_PER_REQUEST
+    ns = f'namespace="{NAMESPACE}"'
+    monitored.eventually(f"sum(purchase_classifier_serve_predictions_total{{{ns}}})", n)
+    monitored.eventually(
+        f'sum(purchase_classifier_serve_requests_total{{{ns}, route="/v1/classify", status="200"}})', REQUESTS
+    )
+    monitored.eventually(f'sum(purchase_classifier_serve_requests_total{{{ns}, status="415"}})', 1)
+
+    by_category = {
+        s["metric"]["category"]: float(s["value"][1])
+        for s in monitored.query(f"sum by (category) (purchase_classifier_serve_predictions_total{{{ns}}})")
+    }
+    answered = pd.Series([r["category"] for r in results]).value_counts()
+    assert by_category == {category: float(count) for category, count in answered.items()}
+
+    confidence = [r["confidence"] for r in results]
+    live_mean = monitored.value(
+        f"sum(purchase_classifier_serve_confidence_sum{{{ns}}})"
+        f" / sum(purchase_classifier_serve_confidence_count{{{ns}}})"
+    )
+    assert live_mean == pytest.approx(sum(confidence) / n, rel=1e-9)
+    flagged = monitored.value(f"sum(purchase_classifier_serve_review_flagged_total{{{ns}}})")
+    assert flagged == sum(r["needs_review"] for r in results) > 0
+
+
+def test_the_model_and_its_validation_reference_reach_prometheus(monitored: Monitored, traffic: dict[str, Any]) -> None:
+    ns = f'namespace="{NAMESPACE}"'
+    assert monitored.value(f"max(purchase_classifier_serve_model_ready{{{ns}}})") == 1
+    (info,) = monitored.query(f"purchase_classifier_serve_model_info{{{ns}}}")
+    assert info["metric"]["version"] == monitored.version
+    profile = monitored.metadata[PROFILE_KEY]
+    assert profile["rows"] > 0
+    reference = monitored.query(f"purchase_classifier_serve_reference_mean_confidence{{{ns}}}")
+    assert [(s["metric"]["model_version"], float(s["value"][1])) for s in reference] == [
+        (monitored.version, pytest.approx(profile["mean_confidence"]))
+    ]
+    share = monitored.value(f"purchase_classifier_serve_reference_review_share{{{ns}}}")
+    assert share == pytest.approx(review_share(profile, REVIEW_THRESHOLD))
+
+
+def test_dask_scheduler_and_worker_are_scraped(monitored: Monitored) -> None:
+    ns = f'namespace="{NAMESPACE}"'
+    monitored.eventually(f'up{{{ns}, job="{SCHEDULER}"}}', 1)
+    monitored.eventually(f'up{{{ns}, job="{NAMESPACE}/{WORKER}"}}', 1)
+    monitored.eventually(f"sum(dask_scheduler_workers{{{ns}}})", 1)
+    memory = monitored.query(f"dask_worker_memory_bytes{{{ns}}}")
+    assert {s["metric"]["type"] for s in memory} >= {"managed", "unmanaged"}
+
+
+def test_every_alert_rule_evaluates_and_none_fires_on_a_healthy_stack(
+    monitored: Monitored, traffic: dict[str, Any]
+) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        body = httpx.get(f"{monitored.prometheus}/api/v1/rules", timeout=10).json()
+        rules = [r for g in body["data"]["groups"] for r in g["rules"]]
+        if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules):
+            break
+        assert time.monotonic() < deadline, rules
+        time.sleep(0.5)
+    assert {r["name"] for r in rules} == {a.name for a in alerts(NAMESPACE, Monitoring())}
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+    # Serving and the scheduler are up and the model is loaded: their conditions are false.
+    ns = f'namespace="{NAMESPACE}"'
+    assert monitored.query(f'absent(up{{{ns}, job="{SERVING}"}} == 1)') == []
+    assert monitored.query(f'absent(up{{{ns}, job="{SCHEDULER}"}} == 1)') == []
+    firing = [r["name"] for r in rules if r["state"] != "inactive"]
+    assert firing == []
+
+
+# ------------------------------------------------------------------ the dashboard
+
+METRIC_NAME = re.compile(r"\b(purchase_classifier_serve_\w+|dask_\w+)\b")
+
+
+def dashboard_targets() -> list[tuple[str, str]]:
+    dashboard = json.loads((DASHBOARD_DIR / DASHBOARD_FILE).read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+        for target in panel["targets"]
+    ]
+
+
+def as_prometheus_query(expr: str) -> str:
+    """What Grafana sends: its variables replaced (the rate window covers several 1 s scrapes)."""
+    return expr.replace("$namespace", NAMESPACE).replace("$__rate_interval", "30s")
+
+
+def test_every_dashboard_query_parses_uses_scraped_metrics_and_each_panel_shows_data(
+    monitored: Monitored, traffic: dict[str, Any]
+) -> None:
+    monitored.eventually(f'sum(purchase_classifier_serve_requests_total{{namespace="{NAMESPACE}", status="415"}})', 1)
+    names = set(httpx.get(f"{monitored.prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"])
+    panels_with_data: dict[str, bool] = {}
+    for title, expr in dashboard_targets():
+        referenced = set(METRIC_NAME.findall(expr))
+        assert referenced, f"{title}: no metric of the service or of Dask in {expr}"
+        assert referenced <= names, f"{title}: {sorted(referenced - names)} are not scraped"
+        result = monitored.query(as_prometheus_query(expr))  # a parse error fails here
+        panels_with_data[title] = panels_with_data.get(title, False) or bool(result)
+    assert [title for title, shown in panels_with_data.items() if not shown] == []
