@@ -158,4 +158,4 @@ def main() -> None:
     )
     pulumi.export("oidcProviderArn", access.provider.arn)
     for role, arn in access.role_arns.items():
-        pulumi.export(f"{role}RoleArn", arn)
+        pulumi.export(to_camel(role.replace("-", "_")) + "RoleArn", arn)  # image-push -> imagePushRoleArn

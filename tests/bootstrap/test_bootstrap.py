@@ -157,7 +157,9 @@ def test_each_bootstrap_stack_is_pinned_to_its_main_stacks_account(stack: str) -
 
 
 def _role_arns(run: StackRun) -> list[str]:
-    return [v for k, v in run.outputs.items() if k.endswith("RoleArn")]
+    arns = {k: v for k, v in run.outputs.items() if k.endswith("RoleArn")}
+    assert set(arns) >= {"previewRoleArn", "deployerRoleArn", "imagePushRoleArn"}
+    return list(arns.values())
 
 
 @pytest.mark.parametrize("stack", STACKS)
