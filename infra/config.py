@@ -236,6 +236,18 @@ class Serving(_Model):
         default_factory=list,
         description="Namespaces whose pods may call the API (NetworkPolicy); empty admits none.",
     )
+    candidate_mode: Literal["off", "shadow", "canary"] = Field(
+        default="off",
+        description="What the registry's CANDIDATE version does (`ML_CANDIDATE_MODE`): `off`; `shadow`, "
+        "scores every record beside LATEST, which answers; `canary`, answers `canaryShare` of the records.",
+    )
+    canary_share: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of records (by a stable hash of their id) the candidate answers in canary mode "
+        "(`ML_CANARY_SHARE`).",
+    )
 
 
 class CronJob(_Model):

@@ -42,13 +42,19 @@ endpoint list drop it first, so a rollout or node drain sends no request to a cl
 kubelet's built-in sleep (no shell in the image); well inside the 30 s termination grace."""
 REVIEW_THRESHOLD_ENV = "ML_REVIEW_THRESHOLD"
 """Env var of the serving settings (``ml/serve/settings.py``) for the review threshold."""
+CANDIDATE_MODE_ENV = "ML_CANDIDATE_MODE"
+CANARY_SHARE_ENV = "ML_CANARY_SHARE"
 
 
 def serving_env(ctx: Context) -> list[Obj]:
-    """The server's settings: store and model name (from :func:`storage_env`) and its threshold."""
+    """The server's settings: store and model name (from :func:`storage_env`), its threshold and
+    what it does with a candidate model."""
+    serving = ctx.workloads.serving
     return [
         *storage_env(ctx),
-        env_value(REVIEW_THRESHOLD_ENV, str(ctx.workloads.serving.review_threshold)),
+        env_value(REVIEW_THRESHOLD_ENV, str(serving.review_threshold)),
+        env_value(CANDIDATE_MODE_ENV, serving.candidate_mode),
+        env_value(CANARY_SHARE_ENV, str(serving.canary_share)),
     ]
 
 
