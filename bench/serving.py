@@ -1,10 +1,14 @@
-"""Serving benchmark: the in-process floor, this service, and Seldon MLServer 1.7.1, side by side.
+"""Serving benchmark: the in-process floor, this service (plain and in shadow mode), and Seldon
+MLServer 1.7.1, side by side.
 
     .venv/bin/python bench/serving.py                      # trains on data/purchases_labeled.csv.gz
     .venv/bin/python bench/serving.py --store var/store    # or serves an existing store's LATEST
 
 Same machine, same model, same client, single-record requests at each concurrency (default 1 and 8),
-``--requests`` after ``--warmup``. MLServer runs with mlserver-sklearn and adaptive batching in its
+``--requests`` after ``--warmup``. Shadow mode (``ML_CANDIDATE_MODE=shadow``) serves from a copy of
+the store whose CANDIDATE is the same pipeline saved as a second version: a candidate of the same
+kind costs the same, so the difference to the plain service is the price of scoring every record
+twice. MLServer runs with mlserver-sklearn and adaptive batching in its
 own virtualenv (``bench/.mlserver-venv``, created on first use with the exact scikit-learn, pandas,
 numpy, scipy and joblib versions of this project so the pickled pipeline loads unchanged).
 
@@ -35,6 +39,7 @@ from typing import Any
 
 import joblib
 import pandas as pd
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,6 +65,9 @@ class Row:
     rps: float
     p50_ms: float
     p99_ms: float
+    #: Server CPU time per request (process and children): on a shared machine it varies far less
+    #: with other load than throughput does, so it is the figure to compare two server builds by.
+    cpu_ms: float = float("nan")
     note: str = ""
 
 
@@ -181,8 +189,14 @@ async def _load(
     return latencies, errors, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    root = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
 def run_load(
     target: str,
+    server: subprocess.Popen[bytes],
     port: int,
     path: str,
     bodies: list[bytes],
@@ -192,7 +206,9 @@ def run_load(
     warmup: int,
 ) -> Row:
     asyncio.run(_load(port, path, bodies, warmup, concurrency, ok))
+    cpu_before = cpu_seconds(server.pid)
     latencies, errors, elapsed = asyncio.run(_load(port, path, bodies, requests, concurrency, ok))
+    cpu = (cpu_seconds(server.pid) - cpu_before) / requests * 1000
     if not latencies:
         return Row(target, concurrency, requests, errors, 0.0, float("nan"), float("nan"))
     return Row(
@@ -203,6 +219,7 @@ def run_load(
         len(latencies) / elapsed,
         percentile(latencies, 50) * 1000,
         percentile(latencies, 99) * 1000,
+        cpu,
     )
 
 
@@ -234,13 +251,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def start_ours(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_ours(store: Path, port: int, log: Path, candidate_mode: str = "off") -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "ML_STORE": str(store),
         "ML_MODEL_NAME": MODEL,
         "ML_PORT": str(port),
         "ML_LOG_LEVEL": "warning",
+        "ML_CANDIDATE_MODE": candidate_mode,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "ml", "serve"],
@@ -252,6 +270,13 @@ def start_ours(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     )
     wait_http(f"http://127.0.0.1:{port}/readyz", process, 180)
     return process
+
+
+def shadow_store(pipeline: Any, store: Path) -> None:
+    """A store whose LATEST and CANDIDATE are two versions of the same pipeline."""
+    registry = ModelRegistry(str(store), MODEL)
+    registry.promote(registry.save(pipeline, {"metrics": {"macro_f1": 0.0}, "training_snapshot": "bench"}))
+    registry.propose(registry.save(pipeline, {"metrics": {"macro_f1": 0.0}, "training_snapshot": "bench"}))
 
 
 def ensure_mlserver_venv(venv: Path) -> Path:
@@ -366,14 +391,14 @@ def ok_v2(payload: bytes) -> bool:
 
 
 def print_table(rows: list[Row], header_too: bool = True) -> None:
-    header = f"| {'target':<44} | conc | requests | errors | req/s  | p50 ms | p99 ms |"
+    header = f"| {'target':<48} | conc | requests | errors | req/s  | p50 ms | p99 ms | server CPU ms/req |"
     if header_too:
         print(header)
         print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         print(
-            f"| {r.target:<44} | {r.concurrency:>4} | {r.requests:>8} | {r.errors:>6} | {r.rps:>6.0f} | "
-            f"{r.p50_ms:>6.1f} | {r.p99_ms:>6.1f} |" + (f" {r.note}" if r.note else "")
+            f"| {r.target:<48} | {r.concurrency:>4} | {r.requests:>8} | {r.errors:>6} | {r.rps:>6.0f} | "
+            f"{r.p50_ms:>6.1f} | {r.p99_ms:>6.1f} | {r.cpu_ms:>17.2f} |" + (f" {r.note}" if r.note else "")
         )
 
 
@@ -382,7 +407,15 @@ def verdicts(rows: list[Row]) -> list[str]:
         return next((r for r in rows if r.target.startswith(prefix) and r.concurrency == concurrency), None)
 
     lines = []
-    floor, ours1, ours8, ml8 = find("floor", 1), find("this service", 1), find("this service", 8), find("MLServer", 8)
+    plain = "this service, POST"
+    floor, ours1, ours8, ml8 = find("floor", 1), find(plain, 1), find(plain, 8), find("MLServer", 8)
+    shadow8 = find("this service in shadow mode", 8)
+    if ours8 and shadow8 and ours8.rps > 0:
+        lines.append(
+            f"concurrency 8, shadow mode: {shadow8.rps / ours8.rps:.2f}x the plain service's throughput, "
+            f"p99 {shadow8.p99_ms:.1f} ms vs {ours8.p99_ms:.1f} ms, server CPU per request "
+            f"{shadow8.cpu_ms / ours8.cpu_ms:.2f}x, {shadow8.errors} errors"
+        )
     if ours8 and ml8 and ml8.rps > 0:
         ratio = ours8.rps / ml8.rps
         good = ratio >= 3 and ours8.p99_ms <= 25 and ours8.errors == 0
@@ -407,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--floor-requests", type=int, default=1000)
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--skip-shadow", action="store_true", help="do not measure shadow mode")
     parser.add_argument("--with-v2", action="store_true", help="also load this service's V2 endpoint")
     parser.add_argument("--mlserver-venv", type=Path, default=MLSERVER_VENV)
     parser.add_argument("--mlserver-max-batch-size", type=int, default=32)
@@ -438,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     run_load(
                         "this service, POST /v1/classify",
+                        ours,
                         port,
                         "/v1/classify",
                         [v1_body(r) for r in records],
@@ -452,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(
                         run_load(
                             "this service, V2 infer",
+                            ours,
                             port,
                             f"/v2/models/{MODEL}/infer",
                             [v2_body(r) for r in records],
@@ -464,6 +500,29 @@ def main(argv: list[str] | None = None) -> int:
                     print_table(rows[-1:], header_too=False)
         finally:
             stop(ours)
+
+        if not args.skip_shadow:
+            shadow_store(pipeline, Path(tmp) / "shadow-store")
+            port = free_port()
+            shadowed = start_ours(Path(tmp) / "shadow-store", port, RESULTS / "serve-shadow.log", "shadow")
+            try:
+                for c in args.concurrency:
+                    rows.append(
+                        run_load(
+                            "this service in shadow mode, POST /v1/classify",
+                            shadowed,
+                            port,
+                            "/v1/classify",
+                            [v1_body(r) for r in records],
+                            ok_v1,
+                            c,
+                            args.requests,
+                            args.warmup,
+                        )
+                    )
+                    print_table(rows[-1:], header_too=False)
+            finally:
+                stop(shadowed)
 
         if not args.skip_mlserver:
             try:
@@ -487,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(
                             run_load(
                                 "MLServer 1.7.1 sklearn, V2 predict_proba",
+                                mls,
                                 port,
                                 f"/v2/models/{MODEL}/infer",
                                 bodies,
