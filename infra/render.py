@@ -302,9 +302,9 @@ def _command(args: argparse.Namespace) -> int:
         f"stack {result.stack}: {len(result.files)} Kubernetes objects in {Path(args.out) / K8S_DIR}, "
         f"summary in {result.summary}"
     )
-    if not result.files:
+    if any("imageDigest is not set" in w for w in result.warnings):
         print(
-            "no Kubernetes objects: the stack has no imageDigest yet; pass --image-digest sha256:<hex> "
+            "no workloads: the stack has no imageDigest yet; pass --image-digest sha256:<hex> "
             "to render the workloads as they would be with one",
             file=sys.stderr,
         )

@@ -58,8 +58,7 @@ def all_objects(ctx: Context) -> list[dict[str, Any]]:
         serving.build_network_policy(ctx),
         *(jobs.build_cronjob(ctx, job) for job in common.JOBS),
     ]
-    hpa = dask.build_worker_hpa(ctx)
-    return objs + ([hpa] if hpa else [])
+    return objs
 
 
 def pod_specs(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -220,19 +219,23 @@ def test_worker_without_dask_node_pool_is_not_pinned() -> None:
     assert spec["tolerations"][0]["key"] == DASK_TAINT_KEY
 
 
-@pytest.mark.parametrize(("stack", "hpa"), [("dev", None), ("staging", (2, 6, 70)), ("prod", (3, 12, 70))])
-def test_worker_pdb_and_optional_hpa(stack: str, hpa: tuple[int, int, int] | None) -> None:
+@pytest.mark.parametrize(("stack", "replicas"), [("dev", 2), ("staging", 3), ("prod", 4)])
+def test_workers_are_a_fixed_count_that_retires_through_the_scheduler(stack: str, replicas: int) -> None:
     ctx = make_ctx(stack)
     assert dask.build_worker_pdb(ctx)["spec"]["maxUnavailable"] == 1
-    built = dask.build_worker_hpa(ctx)
-    if hpa is None:
-        assert built is None
-        return
-    assert built is not None
-    spec = built["spec"]
-    target = spec["metrics"][0]["resource"]["target"]["averageUtilization"]
-    assert (spec["minReplicas"], spec["maxReplicas"], target) == hpa
-    assert spec["scaleTargetRef"]["name"] == "dask-worker"
+    dep = dask.build_worker_deployment(ctx)
+    assert dep["spec"]["replicas"] == replicas
+    spec = dep["spec"]["template"]["spec"]
+    (worker,) = spec["containers"]
+    assert worker["lifecycle"]["preStop"]["exec"]["command"] == [
+        "python",
+        "-c",
+        dask.RETIRE_SCRIPT,
+        "tcp://dask-scheduler.purchase-classifier.svc:8786",
+    ]
+    # Retiring copies results to the other workers: time for it before SIGKILL.
+    assert spec["terminationGracePeriodSeconds"] == dask.WORKER_TERMINATION_GRACE_SECONDS >= 120
+    assert not hasattr(dask, "build_worker_hpa")  # no CPU autoscaler deletes workers holding results
 
 
 def test_only_workers_and_train_predict_reach_the_scheduler() -> None:
@@ -356,9 +359,11 @@ def test_job_args_are_the_ml_cli_contract() -> None:
 
 
 def test_namespace_enforces_restricted_pod_security() -> None:
-    labels = namespace.build_namespace("pc", "dev")["metadata"]["labels"]
+    labels = namespace.build_namespace("pc", "dev", "1.35")["metadata"]["labels"]
     for mode in ("enforce", "audit", "warn"):
         assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+        # Pinned to the cluster's version: a control-plane upgrade does not change the rules under the pods.
+        assert labels[f"pod-security.kubernetes.io/{mode}-version"] == "v1.35"
 
 
 def test_default_deny_covers_both_directions() -> None:
@@ -373,15 +378,26 @@ def test_service_account_records_its_role() -> None:
     assert "annotations" not in namespace.build_service_account(make_ctx(), "train")["metadata"]
 
 
-def test_data_egress_ports_eks_and_existing() -> None:
-    eks = namespace.build_data_egress(make_ctx("dev", database_port=5432))["spec"]
-    assert [p["port"] for p in eks["egress"][0]["ports"]] == [443, 5432]
+def test_store_egress_ports_eks_and_existing() -> None:
+    eks = namespace.build_store_egress(make_ctx("dev", database_port=5432))["spec"]
+    assert [p["port"] for p in eks["egress"][0]["ports"]] == [443]
     assert eks["egress"][1]["to"] == [{"ipBlock": {"cidr": namespace.POD_IDENTITY_AGENT}}]
-    local = namespace.build_data_egress(
+    assert eks["podSelector"]["matchExpressions"][0]["values"] == sorted(common.DATA_COMPONENTS)
+    local = namespace.build_store_egress(
         make_ctx("local", database_port=None, storage_endpoint_url="http://minio.minio.svc:9000")
     )["spec"]
     assert [p["port"] for p in local["egress"][0]["ports"]] == [443, 9000]
     assert len(local["egress"]) == 1
+
+
+def test_only_the_jobs_reach_the_database() -> None:
+    spec = namespace.build_database_egress(make_ctx("dev", database_port=5432))["spec"]
+    assert spec["podSelector"]["matchExpressions"][0]["values"] == ["predict", "refresh", "train"]
+    assert [p["port"] for rule in spec["egress"] for p in rule["ports"]] == [5432]
+    # No other egress policy in the namespace opens the database port (serving above all).
+    others = [namespace.build_store_egress(make_ctx("dev", database_port=5432)), namespace.build_dns_egress(make_ctx())]
+    assert all(p["port"] != 5432 for o in others for rule in o["spec"]["egress"] for p in rule["ports"])
+    assert namespace.build_database_egress(make_ctx("local", database_port=None))["spec"]["egress"] == []
 
 
 def test_existing_mode_storage_env_uses_endpoint_and_a_credentials_file() -> None:

@@ -35,7 +35,8 @@ def test_one_file_per_object_in_apply_order(stack: str, tmp_path: Path) -> None:
     assert (
         len(files)
         == len(result.objects)
-        == len([r for r in run.resources if r.custom and r.type.startswith("kubernetes:")])
+        # Every object the provider sends to the API server; Helm releases are charts, not objects.
+        == len([r for r in run.resources if r.custom and r.type.startswith("kubernetes:") and "kind" in r.inputs])
     )
     assert files[0].name == "00-namespace-purchase-classifier.yaml"
     for path in files:
@@ -69,9 +70,27 @@ def test_summary_lists_aws_settings_outputs_and_objects(tmp_path: Path) -> None:
     assert "- CronJob `purchase-classifier/predict` → `k8s/08-cronjob-predict.yaml`" in summary
 
 
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_summary_shows_capacity_per_pool_at_min_and_max_scale(stack: str, tmp_path: Path) -> None:
+    render_run(cached_run(stack), tmp_path)
+    summary = (tmp_path / SUMMARY_FILE).read_text()
+    section = summary.split("## Capacity per node pool", 1)[1].split("## Kubernetes objects", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| dask ") or line.startswith("| general ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["dask", "general"]
+    assert "requested at min scale" in section and "requested at max scale" in section and "pool may provide" in section
+
+
+def test_summary_capacity_figures_for_dev(tmp_path: Path) -> None:
+    render_run(cached_run("dev"), tmp_path)
+    summary = (tmp_path / SUMMARY_FILE).read_text()
+    # Two workers of 1 CPU / 2Gi on m/r nodes of at most 4 vCPUs, limits 8 CPU: two such nodes.
+    assert "| dask | 4 vCPU / 32 GiB (3715m, 27.8 GiB) | 2 | 2000m, 4.0 GiB | 2000m, 4.0 GiB (1 node(s)) |" in summary
+
+
 def test_existing_mode_summary_has_no_aws(tmp_path: Path) -> None:
     render_run(cached_run("local"), tmp_path)
     assert "None (existing-cluster mode)." in (tmp_path / SUMMARY_FILE).read_text()
+    assert "Capacity per node pool" not in (tmp_path / SUMMARY_FILE).read_text()
 
 
 def test_stale_manifests_are_removed_but_other_files_kept(tmp_path: Path) -> None:
@@ -85,7 +104,8 @@ def test_stale_manifests_are_removed_but_other_files_kept(tmp_path: Path) -> Non
 
 def test_fresh_stack_renders_no_workloads_and_says_why(tmp_path: Path) -> None:
     result = render_run(cached_run("staging", with_digest=False), tmp_path)
-    assert result.files == []
+    # The cluster's own objects (Karpenter's node classes and pools) exist without a digest; no workload does.
+    assert {o["kind"] for o in result.objects} == {"EC2NodeClass", "NodePool"}
     assert any("imageDigest is not set" in w for w in result.warnings)
     assert "imageDigest is not set" in (tmp_path / SUMMARY_FILE).read_text()
 
@@ -148,5 +168,8 @@ def test_python_dash_m_infra_render(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "stack dev: 26 Kubernetes objects" in proc.stdout
-    assert len(list((tmp_path / K8S_DIR).glob("*.yaml"))) == 26
+    # The workloads' objects and Karpenter's two EC2NodeClasses and two NodePools.
+    count = len(kubernetes_manifests(cached_run("dev")))
+    assert f"stack dev: {count} Kubernetes objects" in proc.stdout
+    assert len(list((tmp_path / K8S_DIR).glob("*.yaml"))) == count
+    assert "Capacity per node pool" in (tmp_path / SUMMARY_FILE).read_text()
