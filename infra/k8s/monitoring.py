@@ -207,6 +207,15 @@ def alerts(namespace: str, mon: Monitoring) -> list[Alert]:
             "30m",
         ),
         Alert(
+            "CandidateShadowErrors",
+            f"sum by (model_version) (\n"
+            f'  increase({SERVE}_shadow_comparisons_total{{{ns}, result="error"}}[15m])\n) > 0',
+            "warning",
+            "Candidate {{ $labels.model_version }} fails on live traffic in shadow mode",
+            "The candidate's shadow calls failed in the last 15 minutes; LATEST's answers were unaffected, "
+            "but the candidate must not be promoted.",
+        ),
+        Alert(
             "ServingPredictionsStopped",
             f"(sum(increase({predictions}[30m])) or vector(0)) == 0\n"
             f"and on () sum(increase({predictions}[30m] offset 1d)) > 0",

@@ -1,7 +1,8 @@
 """A real Prometheus server on 127.0.0.1 scraping the real service and a real Dask cluster.
 
-The model is trained by ``python -m ml train`` on that Dask cluster, so its metadata carries the
-validation profile the drift alerts compare with; ``python -m ml serve`` serves it. Prometheus
+Two versions are trained by ``python -m ml train`` on that Dask cluster, so their metadata carries
+the validation profile the drift alerts compare with; ``python -m ml serve`` serves the first as
+LATEST and tries the second as the CANDIDATE in shadow mode. Prometheus
 scrapes the three processes with the labels the Prometheus Operator gives (``namespace``, ``job``),
 evaluates the real alert rules, and the tests query what it stored: the series must count exactly
 the traffic the test drove, every rule must evaluate, and every dashboard panel must parse and show
@@ -85,8 +86,9 @@ def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: flo
 class Monitored:
     prometheus: str
     server: Server
-    version: str
-    metadata: dict[str, Any]
+    latest: str
+    candidate: str
+    registry: ModelRegistry
     records: pd.DataFrame
 
     def query(self, promql: str) -> list[dict[str, Any]]:
@@ -154,19 +156,26 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, tiny_data: pd.DataFrame)
         data = base / "labelled.csv"
         tiny_data.to_csv(data, index=False)
         store = base / "store"
-        trained = subprocess.run(
-            [*ml, "train", "--data", str(data), "--store", str(store), "--no-search", "--scheduler", address],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert trained.returncode == 0, trained.stderr[-3000:]
         registry = ModelRegistry(str(store), MODEL)
-        version = registry.latest_version()
-        assert version is not None
+        versions = []
+        for _ in range(2):  # each run passes the gate and moves LATEST
+            trained = subprocess.run(
+                [*ml, "train", "--data", str(data), "--store", str(store), "--no-search", "--scheduler", address],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert trained.returncode == 0, trained.stderr[-3000:]
+            versions.append(registry.latest_version())
+        latest, candidate = versions
+        assert latest is not None and candidate is not None and latest != candidate
+        registry.promote(latest)
+        registry.propose(candidate)
 
-        server = start_server(store, base / "server.log", "--review-threshold", str(REVIEW_THRESHOLD))
+        server = start_server(
+            store, base / "server.log", "--review-threshold", str(REVIEW_THRESHOLD), "--candidate-mode", "shadow"
+        )
         server.wait("/readyz")
 
         rules = {"groups": rule_groups(NAMESPACE, Monitoring(), "docs/runbook.md")}
@@ -183,7 +192,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, tiny_data: pd.DataFrame)
         )  # fmt: skip
         url = f"http://127.0.0.1:{prometheus_port}"
         wait_for(f"{url}/-/ready", prometheus, base / "prometheus.log")
-        yield Monitored(url, server, version, registry.metadata(version), tiny_data)
+        yield Monitored(url, server, latest, candidate, registry, tiny_data)
     finally:
         if server is not None:
             server.stop()
@@ -217,43 +226,61 @@ def test_prometheus_stores_exactly_the_traffic_the_service_answered(
     results = traffic["results"]
     n = len(results)
     assert n == REQUESTS * RECORDS_PER_REQUEST
+    assert {r["model_version"] for r in results} == {monitored.latest}  # shadow answers are never served
     ns = f'namespace="{NAMESPACE}"'
-    monitored.eventually(f"sum(purchase_classifier_serve_predictions_total{{{ns}}})", n)
+    latest = f'{ns}, role="latest"'
     monitored.eventually(
         f'sum(purchase_classifier_serve_requests_total{{{ns}, route="/v1/classify", status="200"}})', REQUESTS
     )
     monitored.eventually(f'sum(purchase_classifier_serve_requests_total{{{ns}, status="415"}})', 1)
+    # Every record is predicted by LATEST and, in shadow, by the candidate: each counted under its version.
+    monitored.eventually(f"sum(purchase_classifier_serve_predictions_total{{{ns}}})", 2 * n)
+    per_version = {
+        (s["metric"]["model_version"], s["metric"]["role"]): float(s["value"][1])
+        for s in monitored.query(f"sum by (model_version, role) (purchase_classifier_serve_predictions_total{{{ns}}})")
+    }
+    assert per_version == {(monitored.latest, "latest"): n, (monitored.candidate, "candidate"): n}
+    shadow = f'purchase_classifier_serve_shadow_comparisons_total{{{ns}, model_version="{monitored.candidate}"}}'
+    compared = {s["metric"]["result"]: float(s["value"][1]) for s in monitored.query(f"sum by (result) ({shadow})")}
+    assert "error" not in compared and sum(compared.values()) == n
 
     by_category = {
         s["metric"]["category"]: float(s["value"][1])
-        for s in monitored.query(f"sum by (category) (purchase_classifier_serve_predictions_total{{{ns}}})")
+        for s in monitored.query(f"sum by (category) (purchase_classifier_serve_predictions_total{{{latest}}})")
     }
     answered = pd.Series([r["category"] for r in results]).value_counts()
     assert by_category == {category: float(count) for category, count in answered.items()}
 
     confidence = [r["confidence"] for r in results]
     live_mean = monitored.value(
-        f"sum(purchase_classifier_serve_confidence_sum{{{ns}}})"
-        f" / sum(purchase_classifier_serve_confidence_count{{{ns}}})"
+        f"sum(purchase_classifier_serve_confidence_sum{{{latest}}})"
+        f" / sum(purchase_classifier_serve_confidence_count{{{latest}}})"
     )
     assert live_mean == pytest.approx(sum(confidence) / n, rel=1e-9)
-    flagged = monitored.value(f"sum(purchase_classifier_serve_review_flagged_total{{{ns}}})")
+    flagged = monitored.value(f"sum(purchase_classifier_serve_review_flagged_total{{{latest}}})")
     assert flagged == sum(r["needs_review"] for r in results) > 0
 
 
-def test_the_model_and_its_validation_reference_reach_prometheus(monitored: Monitored, traffic: dict[str, Any]) -> None:
+def test_both_versions_and_their_validation_references_reach_prometheus(
+    monitored: Monitored, traffic: dict[str, Any]
+) -> None:
     ns = f'namespace="{NAMESPACE}"'
     assert monitored.value(f"max(purchase_classifier_serve_model_ready{{{ns}}})") == 1
+    assert monitored.value(f"max(purchase_classifier_serve_candidate_ready{{{ns}}})") == 1
     (info,) = monitored.query(f"purchase_classifier_serve_model_info{{{ns}}}")
-    assert info["metric"]["version"] == monitored.version
-    profile = monitored.metadata[PROFILE_KEY]
-    assert profile["rows"] > 0
-    reference = monitored.query(f"purchase_classifier_serve_reference_mean_confidence{{{ns}}}")
-    assert [(s["metric"]["model_version"], float(s["value"][1])) for s in reference] == [
-        (monitored.version, pytest.approx(profile["mean_confidence"]))
-    ]
-    share = monitored.value(f"purchase_classifier_serve_reference_review_share{{{ns}}}")
-    assert share == pytest.approx(review_share(profile, REVIEW_THRESHOLD))
+    assert info["metric"]["version"] == monitored.latest
+    references = {
+        s["metric"]["model_version"]: float(s["value"][1])
+        for s in monitored.query(f"purchase_classifier_serve_reference_mean_confidence{{{ns}}}")
+    }
+    shares = {
+        s["metric"]["model_version"]: float(s["value"][1])
+        for s in monitored.query(f"purchase_classifier_serve_reference_review_share{{{ns}}}")
+    }
+    profiles = {v: monitored.registry.metadata(v)[PROFILE_KEY] for v in (monitored.latest, monitored.candidate)}
+    assert all(profile["rows"] > 0 for profile in profiles.values())
+    assert references == {v: pytest.approx(p["mean_confidence"]) for v, p in profiles.items()}
+    assert shares == {v: pytest.approx(review_share(p, REVIEW_THRESHOLD)) for v, p in profiles.items()}
 
 
 def test_dask_scheduler_and_worker_are_scraped(monitored: Monitored) -> None:
