@@ -38,7 +38,7 @@ from infra.promote import (
     set_digest,
 )
 from tests.support.ports import free_port
-from tests.support.registry import Image, build_and_push_image, registry_server
+from tests.support.registry import Image, build_and_push_image, push_index, registry_server
 
 DIGEST_A = "sha256:" + "a1" * 32
 DIGEST_B = "sha256:" + "b2" * 32
@@ -265,6 +265,23 @@ def test_copies_the_image_into_the_target_registry(stacks: Path, registries: dic
     layer = requests.get(f"http://{host}/v2/{name}/blobs/{image.layer}", timeout=5)
     assert layer.content == image.layer_bytes
     assert read_digest("staging", stacks) == image.digest
+
+
+def test_copies_an_index_with_its_platform_images(stacks: Path, registries: dict[str, str], image: Image) -> None:
+    host, name = registries["dev"].split("/", 1)
+    index = push_index(host, name, [image])
+    set_digest("dev", index, stacks)
+
+    change = promote("dev", "staging", stacks)
+
+    assert change.copied is not None and (change.copied.manifests, change.copied.blobs) == (2, 2)
+    assert _serves(registries["staging"], image.digest)  # the child manifest travelled too
+    assert requests.head(
+        f"http://{registries['staging'].split('/', 1)[0]}/v2/{name}/manifests/{index}",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+        timeout=5,
+    ).ok
+    assert read_digest("staging", stacks) == index
 
 
 def test_target_already_serving_the_digest_needs_no_copy(

@@ -76,6 +76,7 @@ class Image:
     """A pushed image: its manifest digest and the digests of the blobs it refers to."""
 
     digest: str
+    manifest_size: int
     config: str
     layer: str
     layer_bytes: bytes
@@ -128,4 +129,32 @@ def build_and_push_image(host: str, repository: str, content: bytes = b"purchase
     client.push_blob(data=iter([layer]), digest=_digest(layer))
     digest = _digest(manifest.encode())
     client.set_manifest(digest, manifest)
-    return Image(digest=digest, config=_digest(config), layer=_digest(layer), layer_bytes=layer)
+    return Image(
+        digest=digest,
+        manifest_size=len(manifest.encode()),
+        config=_digest(config),
+        layer=_digest(layer),
+        layer_bytes=layer,
+    )
+
+
+def push_index(host: str, repository: str, images: list[Image]) -> str:
+    """Push an OCI image index over ``images`` (as buildx does for several platforms or attestations)."""
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": image.digest,
+                    "size": image.manifest_size,
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                }
+                for image in images
+            ],
+        }
+    )
+    digest = _digest(index.encode())
+    DXF(host, repository, insecure=True).set_manifest(digest, index)
+    return digest
