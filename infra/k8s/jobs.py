@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import CronJob
+from infra.config import Jobs as JobsConfig
 from infra.k8s.common import (
     DASK_CLIENTS,
     DATABASE_SECRET,
@@ -133,3 +134,61 @@ class Jobs(pulumi.ComponentResource):
             cron = ctx.apply(partial(_cronjob, job))
             k8s.batch.v1.CronJob(f"{name}-{job}", metadata=cron["metadata"], spec=cron["spec"], opts=child)
         self.register_outputs({"jobs": list(JOBS)})
+
+
+BOOTSTRAP_JOBS = ("refresh", "train")
+"""What the first ``pulumi up`` of an environment runs once, in this order, before the serving
+Deployment: serving is ready only once a model exists, and the train CronJob's first run may be a
+day away, so without them the first rollout could never become available."""
+
+
+def build_bootstrap_job(ctx: Context, job: str) -> Obj:
+    """One run of ``job``'s CronJob template, named ``bootstrap-<job>``, with the CronJob's labels
+    (so its network policies and identity apply). It is kept once finished (no TTL): it records the
+    environment's first run, and a Job that vanished would be created (and run) again."""
+    template = build_cronjob(ctx, job)["spec"]["jobTemplate"]
+    spec = {k: v for k, v in template["spec"].items() if k != "ttlSecondsAfterFinished"}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(ctx, f"bootstrap-{job}", job), "spec": spec}
+
+
+class Bootstrap(pulumi.ComponentResource):
+    """The environment's first refresh and training run, after ``after`` (namespace objects, Dask).
+
+    pulumi-kubernetes waits for a Job to complete, so whatever depends on :attr:`done` (the serving
+    Deployment) is created once a model exists. Created once: ``spec`` changes (a new image, new
+    settings) are ignored, so a promotion neither replaces these Jobs nor trains again; the
+    CronJobs carry on from there.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ctx: pulumi.Output[Context],
+        jobs: JobsConfig,
+        after: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("purchase-classifier:k8s:Bootstrap", name, None, opts)
+        previous = after
+        for job in BOOTSTRAP_JOBS:
+            obj = ctx.apply(partial(_bootstrap_job, job))
+            # The Job's own activeDeadlineSeconds decides when a run has failed, not Pulumi's timeout.
+            deadline = f"{getattr(jobs, job).active_deadline_seconds + 60}s"
+            created = k8s.batch.v1.Job(
+                f"{name}-{job}",
+                metadata=obj["metadata"],
+                spec=obj["spec"],
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=previous,
+                    ignore_changes=["spec"],
+                    custom_timeouts=pulumi.CustomTimeouts(create=deadline),
+                ),
+            )
+            previous = [created]
+        self.done = created
+        self.register_outputs({"jobs": list(BOOTSTRAP_JOBS)})
+
+
+def _bootstrap_job(job: str, ctx: Context) -> Obj:
+    return build_bootstrap_job(ctx, job)

@@ -181,7 +181,10 @@ class Serving(pulumi.ComponentResource):
         name: str,
         ctx: pulumi.Output[Context],
         opts: pulumi.ResourceOptions | None = None,
+        after: list[pulumi.Resource] | None = None,
     ) -> None:
+        """:param after: what the Deployment waits for: the first training run (see ``Bootstrap``),
+        since a pod becomes ready only once a model exists."""
         super().__init__("purchase-classifier:k8s:Serving", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -190,7 +193,7 @@ class Serving(pulumi.ComponentResource):
 
         deployment = obj(build_deployment)
         # The HPA below owns the replica count once the Deployment exists.
-        scaled = pulumi.ResourceOptions(parent=self, ignore_changes=list(HPA_OWNED_FIELDS))
+        scaled = pulumi.ResourceOptions(parent=self, ignore_changes=list(HPA_OWNED_FIELDS), depends_on=after)
         k8s.apps.v1.Deployment(name, metadata=deployment["metadata"], spec=deployment["spec"], opts=scaled)
         service = obj(build_service)
         k8s.core.v1.Service(name, metadata=service["metadata"], spec=service["spec"], opts=child)

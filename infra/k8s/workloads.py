@@ -13,7 +13,7 @@ import pulumi
 
 from infra.k8s.common import Context, database_port
 from infra.k8s.dask import DaskCluster, worker_memory_limit
-from infra.k8s.jobs import Jobs
+from infra.k8s.jobs import Bootstrap, Jobs
 from infra.k8s.monitoring import MonitoringObjects
 from infra.k8s.namespace import Namespace
 from infra.k8s.serving import Serving
@@ -80,7 +80,9 @@ class Workloads(pulumi.ComponentResource):
         )
         after_ns = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
         self.dask = DaskCluster("dask", ctx, opts=after_ns)
-        self.serving = Serving("serving", ctx, opts=after_ns)
+        # The first deploy trains once before serving exists: a serving pod is ready only with a model.
+        self.bootstrap = Bootstrap("bootstrap", ctx, cfg.workloads.jobs, after=[self.namespace, self.dask], opts=child)
+        self.serving = Serving("serving", ctx, opts=after_ns, after=[self.bootstrap.done])
         self.jobs = Jobs("jobs", ctx, opts=after_ns)
         if cfg.workloads.monitoring.enabled:  # the monitoring.coreos.com kinds need the operator's CRDs
             MonitoringObjects("monitoring", ctx, opts=after_ns)

@@ -19,6 +19,7 @@ K8S_COMPONENTS = {
     "purchase-classifier:k8s:DaskCluster",
     "purchase-classifier:k8s:Serving",
     "purchase-classifier:k8s:Jobs",
+    "purchase-classifier:k8s:Bootstrap",
 }
 EXPECTED_KINDS = {
     "kubernetes:core/v1:Namespace": 1,
@@ -27,14 +28,15 @@ EXPECTED_KINDS = {
     "kubernetes:core/v1:Service": 2,
     "kubernetes:apps/v1:Deployment": 3,
     "kubernetes:batch/v1:CronJob": 3,
+    "kubernetes:batch/v1:Job": 2,
     "kubernetes:policy/v1:PodDisruptionBudget": 2,
-    "kubernetes:networking.k8s.io/v1:NetworkPolicy": 7,
+    "kubernetes:networking.k8s.io/v1:NetworkPolicy": 8,
 }
-WORKER_HPA = {"dev": False, "staging": True, "prod": True, "local": False}
 
 
 def k8s_objects(run: StackRun) -> list[CapturedResource]:
-    return [r for r in run.resources if r.custom and r.type.startswith("kubernetes:")]
+    """The workloads' objects (the platform's own, Karpenter's charts and pools, are the cluster's)."""
+    return [r for r in run.resources if r.custom and r.type.startswith("kubernetes:") and "aws:Karpenter" not in r.urn]
 
 
 def containers(run: StackRun) -> list[tuple[str, dict]]:
@@ -57,7 +59,7 @@ def test_every_workload_object_is_declared_once(stack: str) -> None:
     counts = Counter(r.type for r in k8s_objects(run))
     for type_, n in EXPECTED_KINDS.items():
         assert counts[type_] == n, type_
-    assert counts["kubernetes:autoscaling/v2:HorizontalPodAutoscaler"] == 1 + WORKER_HPA[stack]
+    assert counts["kubernetes:autoscaling/v2:HorizontalPodAutoscaler"] == 1  # serving; Dask workers have none
     assert Counter(r.type for r in run.resources if r.type in K8S_COMPONENTS) == dict.fromkeys(K8S_COMPONENTS, 1)
 
 
@@ -82,7 +84,7 @@ def test_hpa_scaled_deployments_leave_replicas_to_the_hpa(stack: str) -> None:
         for h in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
         if h.inputs["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     }
-    assert scaled == {"serving"} | ({"dask-worker"} if WORKER_HPA[stack] else set())
+    assert scaled == {"serving"}
     for dep in run.of_type("kubernetes:apps/v1:Deployment"):
         name = dep.inputs["metadata"]["name"]
         ignored = dep.options["ignoreChanges"]
@@ -91,6 +93,26 @@ def test_hpa_scaled_deployments_leave_replicas_to_the_hpa(stack: str) -> None:
         else:  # a fixed-size Deployment stays fully managed
             assert ignored == [], f"{name} has no HPA but ignores {ignored}"
         assert dep.inputs["spec"]["replicas"] >= 1  # still set: the size at creation
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_first_deploy_trains_once_before_the_serving_deployment(stack: str) -> None:
+    # pulumi-kubernetes waits for a Deployment to become available and for a Job to complete: the
+    # serving pods can become ready only once a model exists, so the first training run comes first.
+    run = cached_run(stack)
+    by_name = {(r.type.rsplit(":", 1)[1], r.inputs["metadata"]["name"]): r for r in k8s_objects(run)}
+    refresh, train = by_name["Job", "bootstrap-refresh"], by_name["Job", "bootstrap-train"]
+    serving = by_name["Deployment", "serving"]
+    assert train.urn in serving.dependencies
+    assert refresh.urn in train.dependencies
+    dask = {by_name["Deployment", n].urn for n in ("dask-scheduler", "dask-worker")}
+    assert dask <= set(refresh.dependencies)
+    for job, name in ((refresh, "refresh"), (train, "train")):
+        cron = by_name["CronJob", name].inputs["spec"]["jobTemplate"]["spec"]
+        assert job.inputs["spec"]["template"] == cron["template"]
+        # Kept once done, never re-run by a later image or settings change.
+        assert "ttlSecondsAfterFinished" not in job.inputs["spec"]
+        assert job.options["ignoreChanges"] == ["spec"]
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -122,7 +144,7 @@ def test_service_accounts_match_the_identity_bindings(stack: str) -> None:
         for a in run.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
     }
     if stack != "local":
-        assert assocs == {("purchase-classifier", w) for w in IDENTITY_WORKLOADS}
+        assert assocs == {("purchase-classifier", w) for w in IDENTITY_WORKLOADS} | {("kube-system", "karpenter")}
         annotated = {
             r.inputs["metadata"]["name"]: r.inputs["metadata"].get("annotations", {})
             for r in run.of_type("kubernetes:core/v1:ServiceAccount")
