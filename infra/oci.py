@@ -114,9 +114,13 @@ def _ecr_login(host: str) -> tuple[str, str] | None:
     if not match:
         return None
     import boto3  # only needed for ECR; keeps the import cost out of local and test runs
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("ecr", region_name=match["region"])
-    data = client.get_authorization_token(registryIds=[match["account"]])["authorizationData"][0]
+    try:
+        client = boto3.client("ecr", region_name=match["region"])
+        data = client.get_authorization_token(registryIds=[match["account"]])["authorizationData"][0]
+    except (BotoCoreError, ClientError) as exc:
+        raise RegistryError(f"no ECR login for {host} with the current AWS credentials: {exc}") from exc
     username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     return username, password
 

@@ -412,3 +412,22 @@ def test_an_ecr_login_is_stored_for_a_later_step(tmp_path: Path, monkeypatch: py
         assert set(json.loads(config.read_text())["auths"]) == {registry}
     finally:
         server.stop()
+
+
+def test_an_ecr_registry_without_aws_credentials_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stacks = tmp_path
+    for path in ROOT.glob("Pulumi.*.yaml"):
+        shutil.copy(path, stacks / path.name)
+    set_digest("dev", DIGEST_A, stacks)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    before = (stacks / "Pulumi.staging.yaml").read_text()
+    with pytest.raises(PromotionError, match=r"no ECR login for 111122223333\.dkr\.ecr\.eu-west-1\.amazonaws\.com"):
+        promote("dev", "staging", stacks)
+    assert (stacks / "Pulumi.staging.yaml").read_text() == before
