@@ -1,0 +1,408 @@
+"""The EKS cluster as every stack declares it, under Pulumi mocks: node autoscaling with Karpenter,
+addons pinned per cluster version, NetworkPolicy enforcement, access entries, upgrade policy,
+protection of stateful resources, flow logs and encrypted log groups, the registry's lifecycle, and
+the workload settings that depend on the cluster (CronJob failure policy, serving preStop, Pod
+Security version, database egress).
+
+Karpenter's custom resources are validated against Karpenter's own CRD schemas (vendored from the
+Karpenter Go module, see ``tests/infra/crds/README.md``), pruning-strict: a field the API server
+would drop is an error here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from infra.aws import karpenter
+from infra.aws.policies import least_privilege_violations
+from infra.config import SUPPORTED_CLUSTER_VERSIONS
+from infra.mockrun import CapturedResource, StackRun, load_stack_config
+from ml.errors import ExitCode
+from tests.infra.harness import AWS_STACKS, STACKS, cached_run, run_stack
+
+CRD_DIR = Path(__file__).parent / "crds" / f"karpenter-v{karpenter.KARPENTER_VERSION}"
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+ADDON = "aws:eks/addon:Addon"
+STATEFUL = ("aws:eks/cluster:Cluster", "aws:kms/key:Key", "aws:s3/bucket:Bucket", "aws:ecr/repository:Repository")
+
+
+def one(run: StackRun, type_: str, name: str | None = None) -> CapturedResource:
+    found = [r for r in run.of_type(type_) if name is None or r.name == name]
+    assert len(found) == 1, f"{type_} {name}: {len(found)} found"
+    return found[0]
+
+
+def account(run: StackRun) -> str:
+    """The account the stack deploys into (its ``aws:allowedAccountIds``, which the mocks use)."""
+    return str(json.loads(run.config["aws:allowedAccountIds"])[0])
+
+
+def stack_cfg(stack: str) -> dict[str, Any]:
+    return load_stack_config(stack)["purchase-classifier:cluster"]
+
+
+# ------------------------------------------------------------------ Karpenter CRD schemas
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """The structural schema as the API server prunes: an object with declared ``properties`` and no
+    ``additionalProperties``/``x-kubernetes-preserve-unknown-fields`` accepts no other field."""
+    schema = dict(schema)
+    if "properties" in schema:
+        schema["properties"] = {k: _strict(v) for k, v in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    if isinstance(schema.get("items"), dict):
+        schema["items"] = _strict(schema["items"])
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = _strict(schema["additionalProperties"])
+    return schema
+
+
+@cache
+def crd_schema(kind: str) -> dict[str, Any]:
+    for path in CRD_DIR.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1" and v["served"]]
+            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+            # metadata is validated by the API server itself, not by the CRD's schema.
+            schema["properties"]["metadata"] = {"type": "object"}
+            return _strict(schema)
+    raise AssertionError(f"no CRD for {kind} in {CRD_DIR}")
+
+
+def validate_custom_resource(obj: dict[str, Any]) -> None:
+    assert obj["apiVersion"] in (karpenter.NODE_POOL_API, karpenter.NODE_CLASS_API)
+    jsonschema.validate(obj, crd_schema(obj["kind"]), cls=jsonschema.Draft7Validator)
+
+
+def karpenter_objects(run: StackRun) -> list[dict[str, Any]]:
+    return [r.inputs for r in run.resources if r.type in (NODE_POOL, NODE_CLASS)]
+
+
+def test_vendored_crds_are_karpenters_for_the_pinned_version() -> None:
+    names = sorted(p.name for p in CRD_DIR.glob("*.yaml"))
+    assert names == ["karpenter.k8s.aws_ec2nodeclasses.yaml", "karpenter.sh_nodepools.yaml"]
+    source = (CRD_DIR.parent / "README.md").read_text()
+    assert f"v{karpenter.KARPENTER_VERSION}" in source and "github.com/aws/karpenter-provider-aws" in source
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_karpenter_resources_validate_against_karpenters_crds(stack: str) -> None:
+    objects = karpenter_objects(cached_run(stack))
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("EC2NodeClass", "dask"),
+        ("EC2NodeClass", "general"),
+        ("NodePool", "dask"),
+        ("NodePool", "general"),
+    ]
+    for obj in objects:
+        validate_custom_resource(obj)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("NodePool", ("spec", "disruption", "consolidationPolicy"), "Sometimes"),
+        ("NodePool", ("spec", "template", "spec", "nodeClassRefs"), {"name": "dask"}),  # unknown field
+        ("NodePool", ("spec", "template", "spec", "requirements", 0, "operator"), "Within"),
+        ("EC2NodeClass", ("spec", "metadataOptions", "httpTokens"), "maybe"),
+        ("EC2NodeClass", ("spec", "metadataOptions", "httpPutResponseHopLimit"), 100),
+        ("EC2NodeClass", ("spec", "blockDeviceMappings", 0, "ebs", "volumeType"), "floppy"),
+    ],
+)
+def test_crd_validation_rejects_what_the_api_server_would(kind: str, path: tuple[Any, ...], value: Any) -> None:
+    obj = copy.deepcopy(next(o for o in karpenter_objects(cached_run("dev")) if o["kind"] == kind))
+    node = obj
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom_resource(obj)
+
+
+# ------------------------------------------------------------------ Karpenter on AWS and in the cluster
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_karpenter_charts_are_pinned_and_configured(stack: str) -> None:
+    run = cached_run(stack)
+    crds = one(run, RELEASE, "karpenter-crd")
+    controller = one(run, RELEASE, "karpenter")
+    for release, chart in ((crds, "karpenter-crd"), (controller, "karpenter")):
+        assert release.inputs["chart"] == f"{karpenter.CHART_REPOSITORY}/{chart}"
+        assert release.inputs["version"] == karpenter.KARPENTER_VERSION
+        assert release.inputs["namespace"] == "kube-system"
+    assert controller.inputs["skipCrds"] is True and crds.urn in controller.dependencies
+    values = controller.inputs["values"]
+    queue = one(run, "aws:sqs/queue:Queue")
+    assert values["settings"] == {"clusterName": stack_cfg(stack)["name"], "interruptionQueue": queue.name}
+    assert values["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}]
+    # The chart keeps replicas on different nodes: never more than the system group's minimum.
+    assert values["replicas"] == min(2, stack_cfg(stack)["systemNodes"]["minSize"])
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_interruption_queue_receives_the_four_event_kinds(stack: str) -> None:
+    run = cached_run(stack)
+    rules = {
+        json.loads(r.inputs["eventPattern"])["detail-type"][0]
+        for r in run.of_type("aws:cloudwatch/eventRule:EventRule")
+    }
+    assert rules == {
+        "AWS Health Event",
+        "EC2 Spot Instance Interruption Warning",
+        "EC2 Instance Rebalance Recommendation",
+        "EC2 Instance State-change Notification",
+    }
+    queue = one(run, "aws:sqs/queue:Queue")
+    assert queue.inputs["sqsManagedSseEnabled"] is True
+    targets = run.of_type("aws:cloudwatch/eventTarget:EventTarget")
+    assert len(targets) == 4 and all(queue.urn in t.dependencies for t in targets)
+    policy = json.loads(one(run, "aws:sqs/queuePolicy:QueuePolicy").inputs["policy"])
+    (send,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    assert "events.amazonaws.com" in send["Principal"]["Service"] and send["Action"] == "sqs:SendMessage"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_karpenter_identity_node_role_and_access_entry(stack: str) -> None:
+    run = cached_run(stack)
+    assoc = one(run, "aws:eks/podIdentityAssociation:PodIdentityAssociation", "karpenter-controller")
+    assert (assoc.inputs["namespace"], assoc.inputs["serviceAccount"]) == ("kube-system", "karpenter")
+    policy = json.loads(one(run, "aws:iam/rolePolicy:RolePolicy", "karpenter-controller").inputs["policy"])
+    assert least_privilege_violations(policy) == []
+    (pass_role,) = [s for s in policy["Statement"] if s["Action"] == ["iam:PassRole"]]
+    node_role = one(run, "aws:iam/role:Role", "karpenter-node")
+    assert pass_role["Resource"] == [f"arn:aws:iam::{account(run)}:role/karpenter-node"]
+    assert json.loads(node_role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {
+        "Service": "ec2.amazonaws.com"
+    }
+    (entry,) = [e for e in run.of_type("aws:eks/accessEntry:AccessEntry") if e.inputs["type"] == "EC2_LINUX"]
+    assert node_role.urn in entry.dependencies
+    # Karpenter finds subnets and the cluster security group by the discovery tag.
+    private = [s for s in run.of_type("aws:ec2/subnet:Subnet") if s.name.startswith("network-private-")]
+    assert private and all(s.inputs["tags"][karpenter.DISCOVERY_TAG] == stack_cfg(stack)["name"] for s in private)
+    tag = one(run, "aws:ec2/tag:Tag")
+    assert (tag.inputs["key"], tag.inputs["value"]) == (karpenter.DISCOVERY_TAG, stack_cfg(stack)["name"])
+
+
+def pools(run: StackRun) -> dict[str, dict[str, Any]]:
+    return {r.inputs["metadata"]["name"]: r.inputs["spec"] for r in run.of_type(NODE_POOL)}
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_node_pools_diversified_tainted_consolidating_and_bounded(stack: str) -> None:
+    cfg = stack_cfg(stack)["nodePools"]
+    found = pools(cached_run(stack))
+    for name in ("dask", "general"):
+        spec = found[name]
+        reqs = {r["key"]: r for r in spec["template"]["spec"]["requirements"]}
+        assert reqs["karpenter.sh/capacity-type"]["values"] == cfg[name]["capacityTypes"]
+        assert reqs["karpenter.k8s.aws/instance-category"]["values"] == cfg[name]["instanceCategories"]
+        sizes = [int(v) for v in reqs["karpenter.k8s.aws/instance-cpu"]["values"]]
+        assert (
+            len(sizes) >= 2 and cfg[name]["minInstanceCpu"] <= min(sizes) <= max(sizes) == cfg[name]["maxInstanceCpu"]
+        )
+        assert spec["limits"] == cfg[name]["limits"]
+        assert spec["template"]["metadata"]["labels"] == {"purchase-classifier/pool": name}
+        assert spec["template"]["spec"]["nodeClassRef"] == {
+            "group": "karpenter.k8s.aws",
+            "kind": "EC2NodeClass",
+            "name": name,
+        }
+        assert "replicas" not in spec  # no floor: with no pod asking, a pool has no node
+    # Dask: tainted for the workers alone; never evicts a worker to save cost (only empty nodes go).
+    assert found["dask"]["template"]["spec"]["taints"] == [
+        {"key": "purchase-classifier/dask", "value": "true", "effect": "NoSchedule"}
+    ]
+    assert found["dask"]["disruption"]["consolidationPolicy"] == "WhenEmpty"
+    assert found["general"]["disruption"]["consolidationPolicy"] == "WhenEmptyOrUnderutilized"
+    assert "taints" not in found["general"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_node_classes_al2023_imdsv2_hop_1_encrypted_gp3(stack: str) -> None:
+    cfg = stack_cfg(stack)["nodePools"]
+    for r in cached_run(stack).of_type(NODE_CLASS):
+        spec, name = r.inputs["spec"], r.inputs["metadata"]["name"]
+        assert spec["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+        assert spec["metadataOptions"]["httpTokens"] == "required"
+        assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
+        (root,) = spec["blockDeviceMappings"]
+        assert root["ebs"] == {
+            "volumeSize": f"{cfg[name]['diskSizeGb']}Gi",
+            "volumeType": "gp3",
+            "encrypted": True,
+            "deleteOnTermination": True,
+        }
+        assert spec["role"] == "karpenter-node"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_dask_workers_land_on_the_dask_pool(stack: str) -> None:
+    run = cached_run(stack)
+    (workers,) = [
+        d for d in run.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "dask-worker"
+    ]
+    pod = workers.inputs["spec"]["template"]["spec"]
+    dask_pool = pools(run)["dask"]["template"]
+    assert pod["nodeSelector"].items() <= dask_pool["metadata"]["labels"].items()
+    (taint,) = dask_pool["spec"]["taints"]
+    assert {"key": taint["key"], "value": taint["value"], "effect": taint["effect"], "operator": "Equal"} in pod[
+        "tolerations"
+    ]
+
+
+# ------------------------------------------------------------------ control plane, addons, access
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_cluster_version_supported_upgrade_policy_and_no_creator_admin(stack: str) -> None:
+    cluster = one(cached_run(stack), "aws:eks/cluster:Cluster")
+    assert cluster.inputs["version"] in SUPPORTED_CLUSTER_VERSIONS
+    assert cluster.inputs["upgradePolicy"] == {"supportType": "STANDARD"}
+    assert cluster.inputs["accessConfig"] == {
+        "authenticationMode": "API",
+        "bootstrapClusterCreatorAdminPermissions": False,
+    }
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_addons_pinned_to_the_cluster_versions_row(stack: str) -> None:
+    run = cached_run(stack)
+    pinned = SUPPORTED_CLUSTER_VERSIONS[stack_cfg(stack)["version"]]
+    addons = {a.inputs["addonName"]: a for a in run.of_type(ADDON)}
+    assert {n: a.inputs["addonVersion"] for n, a in addons.items()} == {n: pinned.for_addon(n) for n in addons}
+    assert json.loads(addons["vpc-cni"].inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    # metrics-server does not tolerate the system taint: it waits for Karpenter's pools.
+    pool_urns = {r.urn for r in run.of_type(NODE_POOL)}
+    assert pool_urns <= set(addons["metrics-server"].dependencies)
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_every_admin_is_an_explicit_access_entry(stack: str) -> None:
+    run = cached_run(stack)
+    admins = sorted(
+        e.inputs["principalArn"]
+        for e in run.of_type("aws:eks/accessEntry:AccessEntry")
+        if e.inputs["type"] == "STANDARD"
+    )
+    assert admins == sorted(stack_cfg(stack)["adminRoleArns"])
+
+
+# ------------------------------------------------------------------ protection, force-destroy, logs
+
+
+@pytest.mark.parametrize(("stack", "guarded"), [("dev", False), ("staging", True), ("prod", True)])
+def test_stateful_resources_protected_as_the_stack_says(stack: str, guarded: bool) -> None:
+    run = cached_run(stack)
+    stateful = [r for r in run.resources if r.type in STATEFUL]
+    assert {r.type for r in stateful} == set(STATEFUL)
+    for r in stateful:
+        assert (r.options["protect"], r.options["retainOnDelete"]) == (guarded, guarded), r.name
+    # Nothing else is protected: a replaced subnet or role must not block an update.
+    assert not any(r.options["protect"] for r in run.resources if r.type not in STATEFUL)
+
+
+def test_protection_is_switchable_in_config() -> None:
+    run = run_stack("dev", overrides={"protection": {"protect": True, "retainOnDelete": False}})
+    for r in run.resources:
+        if r.type in STATEFUL:
+            assert (r.options["protect"], r.options["retainOnDelete"]) == (True, False)
+
+
+@pytest.mark.parametrize(("stack", "force"), [("dev", True), ("staging", False), ("prod", False)])
+def test_force_destroy_only_where_the_stack_says(stack: str, force: bool) -> None:
+    run = cached_run(stack)
+    assert one(run, "aws:s3/bucket:Bucket").inputs["forceDestroy"] is force
+    assert one(run, "aws:ecr/repository:Repository").inputs["forceDelete"] is force
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_vpc_flow_logs_into_an_encrypted_log_group(stack: str) -> None:
+    run = cached_run(stack)
+    flow = one(run, "aws:ec2/flowLog:FlowLog")
+    assert flow.inputs["trafficType"] == "ALL" and flow.inputs["logDestinationType"] == "cloud-watch-logs"
+    assert one(run, "aws:ec2/vpc:Vpc").urn in flow.dependencies
+    group = one(run, "aws:cloudwatch/logGroup:LogGroup", "network-flow-logs")
+    assert group.urn in flow.dependencies
+    for g in run.of_type("aws:cloudwatch/logGroup:LogGroup"):
+        key = one(run, "aws:kms/key:Key", f"{g.name}-key")
+        assert (
+            key.urn in g.dependencies and g.inputs["kmsKeyId"] == f"arn:aws:kms:eu-west-1:{account(run)}:key/{key.name}"
+        )
+        statements = json.loads(key.inputs["policy"])["Statement"]
+        assert any(s["Principal"] == {"Service": "logs.eu-west-1.amazonaws.com"} for s in statements)
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_registry_keeps_the_newest_tagged_images(stack: str) -> None:
+    policy = json.loads(one(cached_run(stack), "aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
+    tagged = [r for r in policy["rules"] if r["selection"]["tagStatus"] == "tagged"]
+    assert len(tagged) == 1 and tagged[0]["selection"]["countType"] == "imageCountMoreThan"
+    assert tagged[0]["selection"]["countNumber"] >= 10
+
+
+# ------------------------------------------------------------------ workloads that depend on the cluster
+
+
+def k8s(run: StackRun, kind: str) -> dict[str, dict[str, Any]]:
+    return {
+        r.inputs["metadata"]["name"]: r.inputs
+        for r in run.resources
+        if r.type.endswith(f":{kind}") and r.type.startswith("kubernetes:")
+    }
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cronjobs_fail_at_once_on_non_retriable_exit_codes(stack: str) -> None:
+    for name, cron in k8s(cached_run(stack), "CronJob").items():
+        job = cron["spec"]["jobTemplate"]["spec"]
+        rules = job["podFailurePolicy"]["rules"]
+        fail = next(r for r in rules if r["action"] == "FailJob")
+        assert fail["onExitCodes"] == {"containerName": name, "operator": "In", "values": [2, 3, 5]}
+        assert [ExitCode(c).name for c in fail["onExitCodes"]["values"]] == ["BAD_INPUT", "GATE_REJECTED", "NOT_FOUND"]
+        count = next(r for r in rules if r["action"] == "Count")
+        assert count["onExitCodes"]["values"] == [int(ExitCode.INFRASTRUCTURE)]
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+        assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_serving_drains_before_it_stops(stack: str) -> None:
+    pod = k8s(cached_run(stack), "Deployment")["serving"]["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    sleep = server["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 5 <= sleep < pod.get("terminationGracePeriodSeconds", 30)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pod_security_pinned_to_the_cluster_version(stack: str) -> None:
+    (ns,) = k8s(cached_run(stack), "Namespace").values()
+    version = load_stack_config(stack)["purchase-classifier:cluster"].get("version", "1.35")
+    for mode in ("enforce", "audit", "warn"):
+        assert ns["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}-version"] == f"v{version}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_only_the_jobs_get_egress_to_the_database(stack: str) -> None:
+    policies = k8s(cached_run(stack), "NetworkPolicy")
+    db_port = 5432  # the mock database URL is PostgreSQL
+    reaching = set()
+    for policy in policies.values():
+        spec = policy["spec"]
+        if any(p.get("port") == db_port for rule in spec.get("egress", []) for p in rule.get("ports", [])):
+            selector = spec["podSelector"].get("matchExpressions", [{}])[0].get("values", ["<all pods>"])
+            reaching.update(selector)
+    assert reaching == {"refresh", "train", "predict"}
