@@ -242,7 +242,9 @@ def test_only_workers_and_train_predict_reach_the_scheduler() -> None:
     policies = {p["metadata"]["name"]: p["spec"] for p in dask.build_network_policies(make_ctx())}
     scheduler = policies["dask-scheduler"]
     assert scheduler["podSelector"]["matchExpressions"][0]["values"] == ["dask-scheduler"]
-    (rule,) = scheduler["ingress"]
+    # The pods' rule, then (dev enables monitoring) Prometheus's namespace to the metrics port only.
+    rule, *scrape = scheduler["ingress"]
+    assert [r["ports"] for r in scrape] == [[{"protocol": "TCP", "port": 8787}]]
     assert rule["from"][0]["podSelector"]["matchExpressions"][0]["values"] == [
         "dask-worker",
         "predict",
@@ -292,7 +294,9 @@ def test_serving_hpa_from_config(stack: str, hpa: tuple[int, int, int]) -> None:
 
 def test_serving_admits_clients_only_from_configured_namespaces() -> None:
     spec = serving.build_network_policy(make_ctx("dev"))["spec"]
-    (rule,) = spec["ingress"]
+    # The clients' rule, then (dev enables monitoring) Prometheus's namespace to the same port.
+    rule, *scrape = spec["ingress"]
+    assert [r["ports"] for r in scrape] == [[{"protocol": "TCP", "port": 8080}]]
     expr = rule["from"][0]["namespaceSelector"]["matchExpressions"][0]
     assert expr == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["webapp"]}
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
@@ -301,7 +305,10 @@ def test_serving_admits_clients_only_from_configured_namespaces() -> None:
 def test_serving_with_no_client_namespaces_admits_none() -> None:
     ctx = make_ctx("dev")
     closed = ctx.workloads.model_copy(
-        update={"serving": ctx.workloads.serving.model_copy(update={"allowed_client_namespaces": []})}
+        update={
+            "serving": ctx.workloads.serving.model_copy(update={"allowed_client_namespaces": []}),
+            "monitoring": ctx.workloads.monitoring.model_copy(update={"enabled": False}),
+        }
     )
     spec = serving.build_network_policy(make_ctx("dev", workloads=closed))["spec"]
     assert spec["ingress"] == [] and spec["policyTypes"] == ["Ingress"]

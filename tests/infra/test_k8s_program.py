@@ -21,6 +21,8 @@ K8S_COMPONENTS = {
     "purchase-classifier:k8s:Jobs",
     "purchase-classifier:k8s:Bootstrap",
 }
+OPTIONAL_K8S_COMPONENTS = {"purchase-classifier:k8s:Monitoring"}
+"""Declared only where the stack enables them (tests/infra/test_monitoring.py checks which)."""
 EXPECTED_KINDS = {
     "kubernetes:core/v1:Namespace": 1,
     "kubernetes:core/v1:ServiceAccount": len(SERVICE_ACCOUNTS),
@@ -67,7 +69,7 @@ def test_every_workload_object_is_declared_once(stack: str) -> None:
 def test_workloads_use_the_platform_provider_and_are_parented(stack: str) -> None:
     run = cached_run(stack)
     provider = next(r for r in run.resources if r.type == "pulumi:providers:kubernetes")
-    component_urns = {r.urn for r in run.resources if r.type in K8S_COMPONENTS}
+    component_urns = {r.urn for r in run.resources if r.type in K8S_COMPONENTS | OPTIONAL_K8S_COMPONENTS}
     for r in k8s_objects(run):
         assert r.provider_urn == provider.urn, f"{r.type} {r.name} uses the default provider"
         assert r.parent in component_urns, f"{r.type} {r.name} is not inside a k8s component"
