@@ -135,7 +135,10 @@ class MicroBatcher:
                 if item.shadow is not None and isinstance(outcome, Result)
             ]
             if shadowed:
-                await loop.run_in_executor(self._executor, self._shadow, shadowed)
+                try:
+                    await loop.run_in_executor(self._executor, self._shadow, shadowed)
+                except Exception:  # a shadow must never stop the worker that answers clients
+                    log.exception("shadow scoring failed")
 
     def _predict(self, batch: list[_Item]) -> list[Result | BaseException]:
         """Runs in the model thread: one call per model version present in the batch."""

@@ -69,6 +69,10 @@ class ModelInfo(BaseModel):
     training_snapshot: str | None = None
     image_digest: str | None = None
     classes: list[str] = []
+    candidate_version: str | None = Field(
+        default=None, description="The CANDIDATE version loaded beside this one (shadow or canary mode)"
+    )
+    candidate_mode: str = Field(default="off", description="ML_CANDIDATE_MODE: off, shadow or canary")
 
 
 class Problem(BaseModel):

@@ -1,4 +1,5 @@
-"""In-process pieces of the service: settings precedence and the micro-batcher's grouping."""
+"""In-process pieces of the service: settings precedence, the micro-batcher's grouping, and which
+version answers each record in each candidate mode."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from ml.serve.batching import MicroBatcher
 from ml.serve.cli import settings_from_args
 from ml.serve.inference import Columns
 from ml.serve.metrics import ServeMetrics
+from ml.serve.routing import answer, canary_position
 from ml.serve.settings import ServeSettings
+from ml.serve.state import Models
 from tests.ml import serve_fixtures
 
 tiny_data = serve_fixtures.tiny_data
@@ -119,3 +122,48 @@ def test_versions_in_one_batch_each_use_their_own_model(tiny_data: pd.DataFrame,
 
     asyncio.run(scenario())
     assert sorted(calls) == ["new", "old"]
+
+
+def test_canary_positions_are_stable_and_spread_evenly() -> None:
+    ids = [f"purchase-{i}" for i in range(20_000)]
+    positions = [canary_position(i) for i in ids]
+    assert positions == [canary_position(i) for i in ids]
+    assert all(0 <= p < 1 for p in positions)
+    for share in (0.05, 0.3, 0.5):
+        assert abs(sum(p < share for p in positions) / len(ids) - share) < 0.01
+
+
+@pytest.mark.parametrize("mode", ["off", "shadow", "canary"])
+def test_answer_gives_each_record_the_version_its_mode_says(
+    tiny_data: pd.DataFrame, tiny_pipeline: Any, mode: str
+) -> None:
+    latest, candidate = LoadedModel("latest", tiny_pipeline, {}), LoadedModel("candidate", tiny_pipeline, {})
+    settings = ServeSettings.model_validate({"candidate_mode": mode, "canary_share": 0.4})
+    frame = tiny_data.head(30).reset_index(drop=True)
+    ids = [f"id-{i}" for i in range(len(frame))]
+    metrics = ServeMetrics()
+    agreed, agree = (
+        "purchase_classifier_serve_shadow_comparisons_total",
+        {"model_version": "candidate", "result": "agree"},
+    )
+
+    async def scenario() -> Any:
+        batcher = MicroBatcher(settings, metrics)
+        batcher.start()
+        try:
+            result = await answer(batcher, settings, Models(latest, candidate), columns(frame), ids)
+            for _ in range(200):  # the shadow call runs after the answer
+                if mode != "shadow" or metrics.registry.get_sample_value(agreed, agree) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            return result
+        finally:
+            await batcher.stop()
+
+    result = asyncio.run(scenario())
+    chosen = [mode == "canary" and canary_position(i) < 0.4 for i in ids]
+    assert result.model_version == ["candidate" if c else "latest" for c in chosen]
+    assert 0 < sum(chosen) < len(ids) or mode != "canary"  # a canary request is split and merged back
+    assert result.category == predict(tiny_pipeline, frame).category.tolist()  # rows kept in order
+    compared = metrics.registry.get_sample_value(agreed, agree)
+    assert compared == (len(ids) if mode == "shadow" else None)  # same pipeline: it always agrees
