@@ -346,3 +346,46 @@ def test_every_dashboard_query_parses_uses_scraped_metrics_and_each_panel_shows_
         result = monitored.query(as_prometheus_query(expr))  # a parse error fails here
         panels_with_data[title] = panels_with_data.get(title, False) or bool(result)
     assert [title for title, shown in panels_with_data.items() if not shown] == []
+
+
+# ------------------------------------------------------------------ drift (last: it adds traffic)
+
+
+def test_drift_alerts_watch_latest_and_the_candidate_on_unfamiliar_traffic(
+    monitored: Monitored, traffic: dict[str, Any]
+) -> None:
+    """Records unlike anything in training make both versions unsure: their drift alerts go pending.
+
+    Runs after the tests above (pytest keeps a module's order), which count the first traffic exactly.
+    """
+    unfamiliar = [
+        {
+            "id": f"odd-{i}",
+            "description": f"QXZ {i} VRRK PLOM {i * 7}",
+            "cost": 1.0 + i,
+            "contract": "",
+            "department": "",
+        }
+        for i in range(400)
+    ]
+    with monitored.server.client() as client:
+        for start in range(0, len(unfamiliar), 20):
+            response = client.post("/v1/classify", json={"records": unfamiliar[start : start + 20]})
+            assert response.status_code == 200, response.text
+    expected = {
+        (name, version)
+        for name in ("ModelConfidenceDrift", "ModelReviewShareDrift")
+        for version in (monitored.latest, monitored.candidate)
+    }
+    deadline = time.monotonic() + 30
+    while True:
+        body = httpx.get(f"{monitored.prometheus}/api/v1/alerts", timeout=10).json()
+        pending = {
+            (a["labels"]["alertname"], a["labels"].get("model_version"))
+            for a in body["data"]["alerts"]
+            if a["state"] == "pending"
+        }
+        if expected <= pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert pending == expected
