@@ -5,7 +5,8 @@ What is served is one :class:`Models` pair (``LATEST`` and, in shadow or canary 
 it, so requests in flight finish on the versions they started with while new ones see the new pair.
 A version is loaded, sha256-verified (by the registry) and made to predict once before it joins a
 pair; if any step fails the old pair keeps serving, the failure is logged and counted, and that
-version is not tried again. A version already loaded is reused, so promoting the candidate swaps it
+version is not tried again (unless the store could not be read: that is retried at the next poll).
+A version already loaded is reused, so promoting the candidate swaps it
 in without loading it twice.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from ml.errors import InfrastructureError
 from ml.model import predict
 from ml.registry import LoadedModel, ModelRegistry
 from ml.serve.metrics import ServeMetrics
@@ -125,6 +127,9 @@ class ModelState:
         try:
             model = self.registry.load(version)
             predict(model.pipeline, pd.DataFrame([_SMOKE_RECORD]), top_k=self.settings.top_k)
+        except InfrastructureError as exc:  # the store, not the version: try again next time
+            self._fail(None, role, f"{role} version {version} not loaded (retried): {exc}")
+            return None
         except Exception as exc:
             self._fail(version, role, f"{role} version {version} refused: {exc}")
             return None

@@ -4,6 +4,7 @@ version answers each record in each candidate mode."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -12,15 +13,16 @@ import pytest
 from ml.cli import build_parser
 from ml.errors import BadInputError
 from ml.model import predict
-from ml.registry import LoadedModel
+from ml.registry import ARTIFACT, LoadedModel
 from ml.serve.batching import MicroBatcher
 from ml.serve.cli import settings_from_args
 from ml.serve.inference import Columns
 from ml.serve.metrics import ServeMetrics
 from ml.serve.routing import answer, canary_position
 from ml.serve.settings import ServeSettings
-from ml.serve.state import Models
+from ml.serve.state import Models, ModelState
 from tests.ml import serve_fixtures
+from tests.ml.serve_fixtures import MODEL, save_model
 
 tiny_data = serve_fixtures.tiny_data
 tiny_pipeline = serve_fixtures.tiny_pipeline
@@ -167,3 +169,28 @@ def test_answer_gives_each_record_the_version_its_mode_says(
     assert result.category == predict(tiny_pipeline, frame).category.tolist()  # rows kept in order
     compared = metrics.registry.get_sample_value(agreed, agree)
     assert compared == (len(ids) if mode == "shadow" else None)  # same pipeline: it always agrees
+
+
+def test_a_version_the_store_cannot_read_is_retried_a_corrupt_one_is_not(tmp_path: Path, tiny_pipeline: Any) -> None:
+    store = tmp_path / "store"
+    state = ModelState(ServeSettings(store=str(store)), ServeMetrics())
+    first = save_model(store, tiny_pipeline)
+    assert state.check_once() and state.current is not None and state.current.version == first
+
+    unreadable = save_model(store, tiny_pipeline)
+    artifact = store / "models" / MODEL / unreadable / ARTIFACT
+    artifact.rename(artifact.with_suffix(".aside"))
+    artifact.mkdir()  # reading it fails like an unreachable store, not like a bad artifact
+    assert not state.check_once()
+    assert state.last_error is not None and "retried" in state.last_error and state.current.version == first
+    artifact.rmdir()
+    artifact.with_suffix(".aside").rename(artifact)
+    assert state.check_once() and state.current.version == unreadable
+
+    corrupt = save_model(store, tiny_pipeline)
+    artifact = store / "models" / MODEL / corrupt / ARTIFACT
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[:100])
+    assert not state.check_once() and "refused" in (state.last_error or "")
+    artifact.write_bytes(good)
+    assert not state.check_once() and state.current.version == unreadable  # not tried again
