@@ -1,4 +1,5 @@
-"""Every Kubernetes object every stack file renders: strict 1.32 schema validation and a checkov scan.
+"""Every Kubernetes object every stack file renders: strict schema validation at the clusters'
+Kubernetes version (custom resources against their own CRDs) and a checkov scan.
 
 The manifests come from :func:`infra.render.render_run` on the same mock runs the program tests use,
 i.e. exactly what ``python -m infra render`` writes. Both checks also run on a known-bad canary so
@@ -19,11 +20,14 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv
 
+from infra.aws.karpenter import NODE_CLASS_API, NODE_POOL_API
+from infra.config import DEFAULT_CLUSTER_VERSION
 from infra.render import K8S_DIR, kubernetes_manifests, render_run
 from tests.infra.harness import STACKS, cached_run
+from tests.infra.test_cluster import validate_custom_resource as validate_karpenter_resource
 from tests.monitoring.crds import is_prometheus_operator_object, validate_custom_resource
 
-KUBERNETES_VERSION = "1.32"
+KUBERNETES_VERSION = DEFAULT_CLUSTER_VERSION
 SKIPS_FILE = Path(__file__).resolve().parents[2] / "infra" / "checkov-skips.yaml"
 
 
@@ -35,6 +39,9 @@ def validate_strict(obj: dict[str, Any]) -> None:
     """
     if is_prometheus_operator_object(obj):  # custom resources: the operator's own CRD schemas
         validate_custom_resource(obj)
+        return
+    if obj["apiVersion"] in (NODE_POOL_API, NODE_CLASS_API):  # Karpenter's own CRD schemas
+        validate_karpenter_resource(obj)
         return
     try:
         kv.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -61,14 +68,14 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_object_validates_strictly_against_kubernetes_1_32(stack: str, rendered: Path) -> None:
+def test_every_object_validates_strictly_against_the_cluster_version(stack: str, rendered: Path) -> None:
     files = sorted((rendered / "stacks" / stack / K8S_DIR).glob("*.yaml"))
     assert len(files) >= 26
     for path in files:
         validate_strict(yaml.safe_load(path.read_text()))
 
 
-def test_the_validator_schema_is_1_32_and_strict() -> None:
+def test_the_validator_schema_is_the_clusters_and_strict() -> None:
     obj = kubernetes_manifests(cached_run("dev"))[0]
     assert kv.validate(obj, KUBERNETES_VERSION, strict=True) == KUBERNETES_VERSION
 
