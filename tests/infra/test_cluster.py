@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pulumi
 import pytest
 import yaml
 
@@ -293,12 +294,13 @@ def test_addons_pinned_to_the_cluster_versions_row(stack: str) -> None:
 @pytest.mark.parametrize("stack", AWS_STACKS)
 def test_every_admin_is_an_explicit_access_entry(stack: str) -> None:
     run = cached_run(stack)
-    admins = sorted(
+    entries = sorted(
         e.inputs["principalArn"]
         for e in run.of_type("aws:eks/accessEntry:AccessEntry")
         if e.inputs["type"] == "STANDARD"
     )
-    assert admins == sorted(stack_cfg(stack)["adminRoleArns"])
+    # Admins and the read-only viewers (the CI preview role), one entry each.
+    assert entries == sorted(stack_cfg(stack)["adminRoleArns"] + stack_cfg(stack).get("viewerRoleArns", []))
 
 
 # ------------------------------------------------------------------ protection, force-destroy, logs
@@ -406,3 +408,14 @@ def test_only_the_jobs_get_egress_to_the_database(stack: str) -> None:
             selector = spec["podSelector"].get("matchExpressions", [{}])[0].get("values", ["<all pods>"])
             reaching.update(selector)
     assert reaching == {"refresh", "train", "predict"}
+
+
+def test_the_program_refuses_a_stack_whose_pods_cannot_fit_before_any_resource() -> None:
+    cluster = copy.deepcopy(load_stack_config("dev")["purchase-classifier:cluster"])
+    cluster["nodePools"]["dask"]["maxInstanceCpu"] = 2  # the sizing dev had: 2-vCPU Dask nodes, one of them
+    cluster["nodePools"]["dask"]["limits"] = {"cpu": "2", "memory": "16Gi"}
+    with pytest.raises(pulumi.RunError) as info:
+        run_stack("dev", overrides={"cluster": cluster})
+    message = str(info.value)
+    assert "purchase-classifier:cluster.nodePools.dask.limits: at maximum scale its pods need 2 node(s)" in message
+    assert "purchase-classifier:workloads.dask.workers.replicas" in message
