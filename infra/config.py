@@ -464,6 +464,11 @@ class Cluster(_Model):
     admin_role_arns: list[str] = Field(
         default_factory=list, description="IAM roles granted cluster-admin through EKS access entries."
     )
+    viewer_role_arns: list[str] = Field(
+        default_factory=list,
+        description="IAM roles granted read access to every Kubernetes object, Secrets included "
+        "(EKS `AmazonEKSAdminViewPolicy`): the CI preview and drift-detection role.",
+    )
     log_retention_days: int = Field(
         default=30,
         description=f"Control-plane log retention; one of {', '.join(map(str, LOG_RETENTION_DAYS))}.",
@@ -484,7 +489,7 @@ class Cluster(_Model):
                 raise ValueError(f"{cidr!r} opens the API endpoint to the internet; list specific CIDRs")
         return value
 
-    @field_validator("admin_role_arns")
+    @field_validator("admin_role_arns", "viewer_role_arns")
     @classmethod
     def _role_arns(cls, value: list[str]) -> list[str]:
         for arn in value:
@@ -515,6 +520,9 @@ class Cluster(_Model):
 
     @model_validator(mode="after")
     def _mode_rules(self) -> Cluster:
+        both = sorted(set(self.admin_role_arns) & set(self.viewer_role_arns))
+        if both:
+            raise ValueError(f"{both} in both adminRoleArns and viewerRoleArns; a role gets one access entry")
         if self.mode == "eks":
             if self.system_nodes is None or self.node_pools is None:
                 raise ValueError("systemNodes and nodePools are required when mode is 'eks'")

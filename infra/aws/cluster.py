@@ -44,6 +44,8 @@ _MANAGED = "arn:aws:iam::aws:policy/"
 CLUSTER_POLICIES = (f"{_MANAGED}AmazonEKSClusterPolicy",)
 EBS_CSI_POLICY = f"{_MANAGED}service-role/AmazonEBSCSIDriverPolicy"
 ADMIN_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+VIEW_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
+"""Read every object, Secrets included: what `pulumi preview --refresh` reads, and no write."""
 SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
 IMDS_HOP_LIMIT = 1
 """IMDSv2 only, one hop: a pod (one hop further than the node) cannot read the node role's credentials."""
@@ -216,6 +218,19 @@ class Cluster(pulumi.ComponentResource):
                 policy_arn=ADMIN_ACCESS_POLICY,
                 access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
+            )
+
+        for i, arn in enumerate(cfg.viewer_role_arns):
+            viewer = aws.eks.AccessEntry(
+                f"{name}-viewer-{i}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=child
+            )
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-viewer-{i}",
+                cluster_name=cluster.name,
+                principal_arn=arn,
+                policy_arn=VIEW_ACCESS_POLICY,
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[viewer]),
             )
 
         def addon(addon_name: str, depends_on: list[pulumi.Resource], **extra: Any) -> aws.eks.Addon:

@@ -14,8 +14,10 @@ import yaml
 from bootstrap import program
 from bootstrap.policies import github_trust_policy, subject
 from infra.aws.policies import least_privilege_violations
+from infra.config import ConfigError, parse_config
 from infra.mockrun import StackRun, load_stack_config, run_program, stack_account, to_pulumi_config
 from policy.rules import check_resource
+from tests.infra.harness import cached_run
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "bootstrap"
@@ -184,3 +186,25 @@ def test_trust_refuses_wildcard_or_missing_subjects() -> None:
         github_trust_policy("arn:aws:iam::111122223333:oidc-provider/x", [])
     with pytest.raises(ValueError, match="exactly one"):
         subject("o/r")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_preview_role_reads_the_main_stacks_cluster(stack: str) -> None:
+    preview = run_outputs_role(stack, "preview")
+    main = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    assert preview in main["purchase-classifier:cluster"]["viewerRoleArns"]
+    assert preview not in main["purchase-classifier:cluster"]["adminRoleArns"]
+    associations = {
+        r.inputs["principalArn"]: r.inputs["policyArn"]
+        for r in cached_run(stack).of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    }
+    assert associations[preview] == "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
+
+
+def test_a_role_cannot_be_both_viewer_and_admin() -> None:
+    raw = load_stack_config("dev")
+    cluster = dict(raw["purchase-classifier:cluster"])
+    cluster["viewerRoleArns"] = [cluster["adminRoleArns"][0]]
+    raw["purchase-classifier:cluster"] = cluster
+    with pytest.raises(ConfigError, match="in both adminRoleArns and viewerRoleArns"):
+        parse_config(raw, stack="dev", aws_region="eu-west-1")

@@ -176,9 +176,14 @@ def test_admin_access_entries(stack: str) -> None:
     run = cached_run(stack)
     entries = run.of_type("aws:eks/accessEntry:AccessEntry")
     assocs = run.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-    admins = [e for e in entries if e.inputs["type"] == "STANDARD"]
-    assert len(admins) == len(assocs) >= 1
-    assert all(a.inputs["policyArn"].endswith("AmazonEKSClusterAdminPolicy") for a in assocs)
+    standard = [e for e in entries if e.inputs["type"] == "STANDARD"]
+    assert len(standard) == len(assocs) >= 1
+    # Each principal gets one policy: cluster-admin for the admins, read-only view for the viewers.
+    policies = {a.inputs["principalArn"]: a.inputs["policyArn"].rsplit("/", 1)[1] for a in assocs}
+    cluster = load_stack_config(stack)["purchase-classifier:cluster"]
+    assert policies == {arn: "AmazonEKSClusterAdminPolicy" for arn in cluster["adminRoleArns"]} | {
+        arn: "AmazonEKSAdminViewPolicy" for arn in cluster.get("viewerRoleArns", [])
+    }
     assert len({e.inputs["principalArn"] for e in entries}) == len(entries)
 
 
