@@ -222,8 +222,12 @@ def _copy(source: DXF, target: DXF, digest: str, source_name: str, moved: CopyRe
         target.push_blob(data=chunks, digest=blob, check_exists=False)
         moved.blobs += 1
         moved.bytes += int(size)
+    if "mediaType" not in json.loads(body):
+        raise RegistryError(f"manifest {digest} names no mediaType; it cannot be pushed with its type")
     # By digest, with the source's bytes: the target recomputes the digest and refuses any other content.
-    target.set_manifest(digest, body.decode("utf-8"))
+    # python-dxf hands the body to requests as is, and bytes go out unchanged (a str would be sent
+    # Latin-1 encoded, which fails or changes the digest of a manifest with non-ASCII annotations).
+    target.set_manifest(digest, cast(str, body))
     moved.manifests += 1
 
 

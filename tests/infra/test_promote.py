@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import hashlib
 import json
 import shutil
 import subprocess
@@ -282,6 +283,39 @@ def test_copies_an_index_with_its_platform_images(stacks: Path, registries: dict
         timeout=5,
     ).ok
     assert read_digest("staging", stacks) == index
+
+
+def test_copies_the_exact_bytes_of_a_manifest_with_non_ascii_annotations(
+    stacks: Path, registries: dict[str, str], image: Image
+) -> None:
+    host, name = registries["dev"].split("/", 1)
+    manifest = json.loads(
+        requests.get(
+            f"http://{host}/v2/{name}/manifests/{image.digest}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            timeout=5,
+        ).content
+    )
+    manifest["annotations"] = {"org.opencontainers.image.description": "Achats hospitaliers — 医院采购"}
+    body = json.dumps(manifest, ensure_ascii=False).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    requests.put(
+        f"http://{host}/v2/{name}/manifests/{digest}",
+        data=body,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    ).raise_for_status()
+    set_digest("dev", digest, stacks)
+
+    promote("dev", "staging", stacks)
+
+    target_host = registries["staging"].split("/", 1)[0]
+    copied = requests.get(
+        f"http://{target_host}/v2/{name}/manifests/{digest}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    )
+    assert copied.content == body
 
 
 def test_target_already_serving_the_digest_needs_no_copy(
