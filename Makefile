@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced-$(shell cat pyproject.toml uv.lock | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint env bench clean
+.PHONY: demo test lint env bench clean engine-tools platform-demo
 
 env: $(STAMP)
 
@@ -27,10 +27,20 @@ lint: env
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy ml infra policy bootstrap
 
-test: lint
+test: lint engine-tools
 	scripts/install-registry
 	scripts/install-test-engines
 	$(VENV)/bin/pytest -q
+
+# The real Pulumi CLI, YAML language host, Kubernetes provider and a local control plane, built from
+# Go modules at the versions pinned in engine/*/go.mod (first use only: cached outside the clone).
+# The last line printed is the directory holding the binaries.
+engine-tools:
+	@engine/build-tools
+
+# The platform loop on the local control plane: up, what runs, a promotion's diff, destroy.
+platform-demo: env
+	engine/platform-demo
 
 demo: env
 	$(PY) -m ml demo
