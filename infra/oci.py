@@ -38,7 +38,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -193,6 +193,21 @@ def _has_manifest(client: DXF, digest: str) -> bool:
     return True
 
 
+class _SizedStream:
+    """Chunks that know their total size, so requests streams them with a ``Content-Length`` header
+    rather than chunked transfer encoding, which not every registry front end accepts."""
+
+    def __init__(self, chunks: Iterable[bytes], size: int) -> None:
+        self._chunks = chunks
+        self._size = size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._chunks)
+
+    def __len__(self) -> int:
+        return self._size
+
+
 @dataclass
 class CopyResult:
     """What a copy moved: a re-run after success moves nothing."""
@@ -219,7 +234,7 @@ def _copy(source: DXF, target: DXF, digest: str, source_name: str, moved: CopyRe
             continue
         # Streamed, and verified against its digest while streaming.
         chunks, size = cast("tuple[Iterable[bytes], int]", source.pull_blob(blob, size=True))
-        target.push_blob(data=chunks, digest=blob, check_exists=False)
+        target.push_blob(data=_SizedStream(chunks, int(size)), digest=blob, check_exists=False)
         moved.blobs += 1
         moved.bytes += int(size)
     if "mediaType" not in json.loads(body):

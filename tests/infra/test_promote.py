@@ -465,3 +465,11 @@ def test_an_ecr_registry_without_aws_credentials_is_refused_clearly(
     with pytest.raises(PromotionError, match=r"no ECR login for 111122223333\.dkr\.ecr\.eu-west-1\.amazonaws\.com"):
         promote("dev", "staging", stacks)
     assert (stacks / "Pulumi.staging.yaml").read_text() == before
+
+
+def test_layers_are_uploaded_with_a_content_length_not_chunked() -> None:
+    from infra.oci import _SizedStream
+
+    request = requests.Request("PUT", "http://127.0.0.1/upload", data=_SizedStream(iter([b"ab", b"cd"]), 4)).prepare()
+    assert request.headers.get("Content-Length") == "4"
+    assert "Transfer-Encoding" not in request.headers
