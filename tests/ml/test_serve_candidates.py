@@ -123,6 +123,8 @@ def test_shadow_scores_every_record_with_the_candidate_and_answers_from_latest(
     try:
         ready = server.wait("/readyz").json()
         assert ready["candidate_version"] == candidate and ready["candidate_mode"] == "shadow"
+        info = server.client().get("/v1/model").json()
+        assert (info["version"], info["candidate_version"], info["candidate_mode"]) == (latest, candidate, "shadow")
         with Load(server, 4, lambda t, n: [f"t{t}-{n}-{k}" for k in range(3)]) as load:
             load.wait(lambda: sum(load.versions.values()) >= 600)
         assert load.failures == [] and set(load.versions) == {latest}
