@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from infra.aws import karpenter
+from infra.aws.capacity import VM_MEMORY_OVERHEAD
 from infra.aws.policies import least_privilege_violations
 from infra.config import SUPPORTED_CLUSTER_VERSIONS
 from infra.mockrun import CapturedResource, StackRun, load_stack_config
@@ -72,7 +73,7 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
 
 @cache
 def crd_schema(kind: str) -> dict[str, Any]:
-    for path in CRD_DIR.glob("*.yaml"):
+    for path in CRD_DIR.glob("karpenter.*.yaml"):
         crd = yaml.safe_load(path.read_text())
         if crd["spec"]["names"]["kind"] == kind:
             (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1" and v["served"]]
@@ -94,7 +95,7 @@ def karpenter_objects(run: StackRun) -> list[dict[str, Any]]:
 
 def test_vendored_crds_are_karpenters_for_the_pinned_version() -> None:
     names = sorted(p.name for p in CRD_DIR.glob("*.yaml"))
-    assert names == ["karpenter.k8s.aws_ec2nodeclasses.yaml", "karpenter.sh_nodepools.yaml"]
+    assert names == ["chart-values.yaml", "karpenter.k8s.aws_ec2nodeclasses.yaml", "karpenter.sh_nodepools.yaml"]
     source = (CRD_DIR.parent / "README.md").read_text()
     assert f"v{karpenter.KARPENTER_VERSION}" in source and "github.com/aws/karpenter-provider-aws" in source
 
@@ -152,6 +153,26 @@ def test_karpenter_charts_are_pinned_and_configured(stack: str) -> None:
     assert values["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}]
     # The chart keeps replicas on different nodes: never more than the system group's minimum.
     assert values["replicas"] == min(2, stack_cfg(stack)["systemNodes"]["minSize"])
+
+
+def _unknown_keys(ours: dict[str, Any], chart: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys of ``ours`` the chart's values.yaml does not have (a typo there is silently ignored)."""
+    out = []
+    for key, value in ours.items():
+        if key not in chart:
+            out.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(chart[key], dict) and chart[key]:
+            out += _unknown_keys(value, chart[key], f"{prefix}{key}.")
+    return out
+
+
+def test_helm_values_are_values_the_chart_reads() -> None:
+    chart = yaml.safe_load((CRD_DIR / "chart-values.yaml").read_text())
+    ours = karpenter.helm_values("pc-dev", "queue", 2)
+    assert _unknown_keys(ours, chart) == []
+    assert _unknown_keys({"settings": {"clusterNmae": "x"}}, chart) == ["settings.clusterNmae"]
+    # The capacity check's hypervisor overhead is the controller's own default.
+    assert float(chart["settings"]["vmMemoryOverheadPercent"]) == VM_MEMORY_OVERHEAD
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
