@@ -49,8 +49,8 @@ DRIFT_WINDOW = "1h"
 DRIFT_MIN_PREDICTIONS = 200
 """Fewer predictions than this in the drift window say too little about a version to page anyone."""
 MISSED_SCHEDULE_GRACE_SECONDS = 3600
-"""How long past its due time a CronJob run may be before it counts as missed (the jobs' own
-``startingDeadlineSeconds`` are shorter, so by then Kubernetes has given up on it)."""
+"""How long past its due time a CronJob run may be before it counts as missed: longer than the stacks'
+``startingDeadlineSeconds`` (5 to 15 minutes), so by then Kubernetes has given up on that run."""
 
 
 def enabled(ctx: Context) -> bool:
