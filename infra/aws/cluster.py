@@ -20,12 +20,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.aws.karpenter import DISCOVERY_TAG, NODE_POLICIES, SYSTEM_TAINT_KEY, Karpenter
-from infra.aws.policies import (
-    assume_role_policy,
-    cluster_assume_role_policy,
-    key_policy_for_logs,
-    pod_identity_trust_policy,
-)
+from infra.aws.policies import assume_role_policy, cluster_assume_role_policy, pod_identity_trust_policy
+from infra.aws.stateful import encrypted_log_group, stateful_options
 from infra.config import SUPPORTED_CLUSTER_VERSIONS, Protection
 from infra.config import Cluster as ClusterConfig
 
@@ -49,40 +45,6 @@ VIEW_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewP
 SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
 IMDS_HOP_LIMIT = 1
 """IMDSv2 only, one hop: a pod (one hop further than the node) cannot read the node role's credentials."""
-
-
-def stateful_options(protection: Protection, parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:
-    """Options of a resource whose loss loses data or access (cluster, KMS key, bucket, registry)."""
-    return pulumi.ResourceOptions(
-        parent=parent, protect=protection.protect, retain_on_delete=protection.retain_on_delete, **extra
-    )
-
-
-def encrypted_log_group(
-    name: str,
-    log_group_name: pulumi.Input[str],
-    retention_days: int,
-    region: str,
-    account_id: pulumi.Input[str],
-    protection: Protection,
-    parent: pulumi.Resource,
-) -> aws.cloudwatch.LogGroup:
-    """A log group encrypted with its own KMS key (rotated; CloudWatch Logs may use it, nothing else)."""
-    key = aws.kms.Key(
-        f"{name}-key",
-        description=f"CloudWatch Logs encryption ({name})",
-        enable_key_rotation=True,
-        deletion_window_in_days=30,
-        policy=pulumi.Output.from_input(account_id).apply(lambda a: json.dumps(key_policy_for_logs(a, region))),
-        opts=stateful_options(protection, parent),
-    )
-    return aws.cloudwatch.LogGroup(
-        name,
-        name=log_group_name,
-        retention_in_days=retention_days,
-        kms_key_id=key.arn,
-        opts=pulumi.ResourceOptions(parent=parent),
-    )
 
 
 def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.aws.cluster import encrypted_log_group
 from infra.aws.karpenter import DISCOVERY_TAG
 from infra.aws.policies import assume_role_policy, flow_logs_delivery_policy
+from infra.aws.stateful import encrypted_log_group
 from infra.config import Network as NetworkConfig
 from infra.config import Protection
 

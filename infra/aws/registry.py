@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.aws.cluster import stateful_options
+from infra.aws.stateful import stateful_options
 from infra.config import Ecr, Protection
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra.aws.cluster import stateful_options
 from infra.aws.policies import tls_only_bucket_policy
+from infra.aws.stateful import stateful_options
 from infra.config import Protection
 from infra.config import Storage as StorageConfig
 from infra.naming import PREFIX_TRAINING

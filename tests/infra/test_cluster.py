@@ -26,6 +26,7 @@ from infra.aws import karpenter
 from infra.aws.capacity import VM_MEMORY_OVERHEAD
 from infra.aws.policies import least_privilege_violations
 from infra.config import SUPPORTED_CLUSTER_VERSIONS
+from infra.k8s import dask
 from infra.mockrun import CapturedResource, StackRun, load_stack_config
 from ml.errors import ExitCode
 from tests.infra.harness import AWS_STACKS, STACKS, cached_run, run_stack
@@ -400,6 +401,20 @@ def test_cronjobs_fail_at_once_on_non_retriable_exit_codes(stack: str) -> None:
         assert count["onExitCodes"]["values"] == [int(ExitCode.INFRASTRUCTURE)]
         assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
         assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_dask_workers_are_fixed_and_retire_through_the_scheduler(stack: str) -> None:
+    run = cached_run(stack)
+    workers = k8s(run, "Deployment")["dask-worker"]
+    replicas = load_stack_config(stack)["purchase-classifier:workloads"]["dask"]["workers"]["replicas"]
+    assert workers["spec"]["replicas"] == replicas
+    pod = workers["spec"]["template"]["spec"]
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python", "-c", dask.RETIRE_SCRIPT] and "retire_workers" in command[2]
+    assert pod["terminationGracePeriodSeconds"] >= 120
+    targets = [h["spec"]["scaleTargetRef"]["name"] for h in k8s(run, "HorizontalPodAutoscaler").values()]
+    assert "dask-worker" not in targets
 
 
 @pytest.mark.parametrize("stack", STACKS)
