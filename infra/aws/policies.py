@@ -398,6 +398,13 @@ def karpenter_controller_policy(
                 "Resource": [profile],
             },
             {
+                # The instance-profile garbage collector lists every profile; IAM cannot scope a List.
+                "Sid": "AllowUnscopedInstanceProfileListAction",
+                "Effect": "Allow",
+                "Action": ["iam:ListInstanceProfiles"],
+                "Resource": "*",
+            },
+            {
                 "Sid": "AllowAPIServerEndpointDiscovery",
                 "Effect": "Allow",
                 "Action": ["eks:DescribeCluster"],
@@ -422,6 +429,7 @@ UNSCOPABLE_ACTIONS = frozenset(
         "ec2:DescribeSpotPriceHistory",
         "ec2:DescribeSubnets",
         "ecr:GetAuthorizationToken",
+        "iam:ListInstanceProfiles",
         "pricing:GetProducts",
     }
 )
