@@ -1,106 +1,63 @@
-"""Training benchmark: quality and fit time against the plain baseline, and the search speed-up.
+"""Training benchmark: quality against the plain baseline, at known and at unseen facilities, fit time,
+and the search speed-up.
 
-Run: ``.venv/bin/python bench/training.py`` (add ``--skip-search`` for the quality part only).
+Run: ``.venv/bin/python bench/training.py`` (add ``--skip-search`` to leave out the search timing).
 
-Everything is measured side by side in one run, on the shipped data's own hash split (validation
-= descriptions never seen in training):
+Everything is measured side by side in one run; the baseline (:func:`ml.model.build_baseline`:
+TF-IDF character 2–5-grams, one-hot department, log cost, ``LinearSVC(C=0.5)``) always beside the
+model (``ml.model.fit_model``, default parameters):
 
-1. the baseline — TF-IDF character 2–5-grams on the description, one-hot department, log cost,
-   ``LinearSVC(C=0.5)`` — one fit;
-2. this project's final model (``ml.model.fit_model``: calibrated, default parameters), in one
-   process and on a 2-worker Dask cluster the way ``ml train`` fits it;
-3. the hyper-parameter search (``ml.model.PARAM_GRID`` × grouped 3-fold CV) with ``n_jobs=1``
-   against the same search on a 2-worker local Dask cluster through joblib's Dask backend.
-
-One split is one draw of which descriptions are unseen, and macro-F1 over rare categories moves
-with the draw. ``--extra-splits N`` (default 4) repeats the quality comparison of 1 and 2 (one
-process) on N other hash splits, so a gain can be told apart from the luck of one split. Those
-draws are numbered from :data:`HELD_OUT_DRAWS` up, a range no model choice is made on, so they are
-held out as the shipped split is.
+1. the shipped split, as ``ml train`` estimates quality: both fitted on the rows outside the hash
+   split, scored on its descriptions unseen in training — a known facility's new lines;
+2. leave-one-facility-out (``ml evaluate --by department``): for each of the five facilities, both
+   fitted on the other four and scored on it, then the mean — the model at a hospital it has never
+   seen, which is how it is used. Model choices are made on these folds;
+3. the final fit on every row, as ``ml train`` registers it: the baseline in one process, the model
+   in one process and on a 2-worker Dask cluster; the ratio of the Dask fit to the baseline's;
+4. the hyper-parameter search (``ml.model.PARAM_GRID`` × grouped 3-fold CV) with ``n_jobs=1``
+   against the same search on the 2-worker Dask cluster through joblib's Dask backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
 from distributed import Client, LocalCluster
-from sklearn.compose import ColumnTransformer
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GridSearchCV, GroupKFold
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
-from sklearn.svm import LinearSVC
 
 from ml import schema
 from ml.features import is_validation, normalise_column
+from ml.jobs.evaluate import fit_recipes, leave_one_group_out, metrics, side_by_side
 from ml.model import PARAM_GRID, build_pipeline, fit_model
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "purchases_labeled.csv.gz"
-#: Model choices are compared on re-drawn splits numbered below this (so far draws 1–73 were used);
-#: the benchmark's extra splits start here, so no choice has seen them.
-HELD_OUT_DRAWS = 1000
 
 
-def _log_cost(values: pd.DataFrame) -> np.ndarray:
-    return np.log1p(np.nan_to_num(np.asarray(values, dtype="float64")))
-
-
-def baseline() -> Pipeline:
-    features = ColumnTransformer(
-        [
-            ("description", TfidfVectorizer(analyzer="char", ngram_range=(2, 5)), schema.DESCRIPTION),
-            ("department", OneHotEncoder(handle_unknown="ignore"), [schema.DEPARTMENT]),
-            ("cost", make_pipeline(FunctionTransformer(_log_cost), StandardScaler()), [schema.COST]),
-        ]
-    )
-    return Pipeline([("features", features), ("classifier", LinearSVC(C=0.5))])
-
-
-def scored(name: str, fit, validation: pd.DataFrame) -> dict[str, object]:
+def timed(fit: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     model = fit()
-    seconds = time.perf_counter() - started
-    predicted = model.predict(validation[schema.FEATURE_COLUMNS])
-    truth = validation[schema.CATEGORY]
-    return {
-        "model": name,
-        "fit_s": round(seconds, 1),
-        "accuracy": round(accuracy_score(truth, predicted), 4),
-        "macro_f1": round(f1_score(truth, predicted, average="macro", zero_division=0), 4),
-    }
+    return model, time.perf_counter() - started
 
 
-def redrawn_split(descriptions: pd.Series, draw: int) -> np.ndarray:
-    """The hash split with a different hash per ``draw``: the same text still stays on one side."""
-    return is_validation(f"SPLIT{draw} " + descriptions.fillna(""))
-
-
-def baseline_and_project(train: pd.DataFrame, validation: pd.DataFrame) -> list[dict[str, object]]:
-    """The baseline and this model, each fitted in one process on ``train``, scored on ``validation``."""
-    return [
-        scored("baseline, one process", lambda: baseline().fit(train, train.category), validation),
-        scored("project final fit, one process", lambda: fit_model(train), validation),
-    ]
-
-
-def gain_on_split(frame: pd.DataFrame, mask: np.ndarray) -> dict[str, object]:
-    """Baseline against this model (one process) on one train/validation split."""
-    base, project = baseline_and_project(frame[~mask], frame[mask])
-    return {
-        "validation rows": int(mask.sum()),
-        "baseline accuracy": base["accuracy"],
-        "baseline macro-F1": base["macro_f1"],
-        "project accuracy": project["accuracy"],
-        "project macro-F1": project["macro_f1"],
-        "macro-F1 gain": round(project["macro_f1"] - base["macro_f1"], 4),
-        "accuracy gain": round(project["accuracy"] - base["accuracy"], 4),
-    }
+def shipped_split(frame: pd.DataFrame) -> pd.DataFrame:
+    """Model and baseline fitted outside the hash split, scored on it (``ml train``'s estimate)."""
+    mask = is_validation(frame[schema.DESCRIPTION])
+    train, validation = frame[~mask], frame[mask]
+    print(f"shipped split: fitted on {len(train)} rows, scored on {len(validation)} (descriptions unseen in training)")
+    rows = []
+    for name, fit in fit_recipes().items():
+        model, seconds = timed(partial(fit, train))
+        scores = metrics(validation[schema.CATEGORY], model.predict(validation[schema.FEATURE_COLUMNS]))
+        rows.append({"recipe": name, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "fit_s": seconds})
+    return pd.DataFrame(rows).set_index("recipe")
 
 
 def search_seconds(frame: pd.DataFrame, client: Client | None) -> tuple[float, dict]:
@@ -122,52 +79,55 @@ def search_seconds(frame: pd.DataFrame, client: Client | None) -> tuple[float, d
     return time.perf_counter() - started, grid.best_params_
 
 
+def _decimals(value: float) -> str:
+    return f"{value:.4f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--search-rows", type=int, default=12_000, help="rows for the search timing")
-    parser.add_argument("--extra-splits", type=int, default=4, help="other hash splits for the quality comparison")
     args = parser.parse_args()
+    pd.set_option("display.width", 200)
 
     frame = schema.coerce(schema.read_records(str(DATA)), labeled=True)
-    mask = is_validation(frame[schema.DESCRIPTION])
-    train, validation = frame[~mask], frame[mask]
-    print(f"train {len(train)} rows, validation {len(validation)} rows (unseen descriptions)")
+    split = shipped_split(frame)
+    print(split.to_string(float_format=_decimals))
+    gain = split.loc["model"] - split.loc["baseline"]
+    print(f"model - baseline: accuracy {gain['accuracy']:+.4f}, macro-F1 {gain['macro_f1']:+.4f}\n")
+
+    print("leave one facility out: fitted on the other four facilities, scored on the one left out")
+    folds = leave_one_group_out(frame, schema.DEPARTMENT, fit_recipes())
+    table = side_by_side(folds)
+    print(table.to_string(float_format=_decimals))
+    mean = table.loc["mean"]
+    print(
+        f"model - baseline, mean over facilities: accuracy {mean['model accuracy'] - mean['baseline accuracy']:+.4f}, "
+        f"macro-F1 {mean['model macro_f1'] - mean['baseline macro_f1']:+.4f}\n"
+    )
+
+    recipes = fit_recipes()
+    print(f"final fit on every row ({len(frame)}), as ml train registers it")
+    _, baseline_s = timed(lambda: recipes["baseline"](frame))
+    _, model_s = timed(lambda: recipes["model"](frame))
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
 
-        def on_dask() -> Pipeline:
+        def on_dask() -> Any:
             with joblib.parallel_backend("dask", client=client):
-                return fit_model(train, n_jobs=-1)
+                return fit_model(frame, n_jobs=-1)
 
-        rows = [
-            *baseline_and_project(train, validation),
-            scored("project final fit, 2-worker Dask (as ml train)", on_dask, validation),
-        ]
-        print(pd.DataFrame(rows).to_string(index=False))
-        base, project, dask = rows
+        _, dask_s = timed(on_dask)
         print(
-            f"macro-F1 gain {project['macro_f1'] - base['macro_f1']:+.4f}, "
-            f"accuracy gain {project['accuracy'] - base['accuracy']:+.4f}; fit time / baseline: "
-            f"{project['fit_s'] / base['fit_s']:.2f} one process, {dask['fit_s'] / base['fit_s']:.2f} on Dask"
+            f"baseline one process {baseline_s:.1f}s, model one process {model_s:.1f}s, "
+            f"model on 2-worker Dask {dask_s:.1f}s: Dask fit / baseline fit = {dask_s / baseline_s:.2f}\n"
         )
-        if args.extra_splits:
-            draws = range(HELD_OUT_DRAWS, HELD_OUT_DRAWS + args.extra_splits)
-            print(f"quality on hash splits {draws.start}-{draws.stop - 1}, held out (one process each):")
-            redrawn = pd.DataFrame(
-                [{"draw": d, **gain_on_split(frame, redrawn_split(frame[schema.DESCRIPTION], d))} for d in draws]
-            )
-            print(redrawn.to_string(index=False))
-            print(
-                f"mean gain over those splits: macro-F1 {redrawn['macro-F1 gain'].mean():+.4f} "
-                f"({(redrawn['macro-F1 gain'] > 0).sum()} of {len(redrawn)} up), "
-                f"accuracy {redrawn['accuracy gain'].mean():+.4f}"
-            )
         if args.skip_search:
             return
-        sample = train.sample(min(args.search_rows, len(train)), random_state=0)
+        mask = is_validation(frame[schema.DESCRIPTION])
+        sample = frame[~mask].sample(min(args.search_rows, int((~mask).sum())), random_state=0)
         n_fits = int(np.prod([len(v) for v in PARAM_GRID.values()])) * 3
         print(f"search: {n_fits} fits on {len(sample)} rows")
         serial, best = search_seconds(sample, None)

@@ -4,8 +4,15 @@ Purchase text is abbreviated and noisy (``SUT SILK 3-0 SA74H``), so the descript
 character n-grams within words (robust to abbreviations and typos) plus word uni/bigrams (whole
 tokens such as ``SUTURE`` or ``CATH`` are strong signals on their own). Where a word stands counts
 too: chargemaster lines lead with the item's kind (``PT EVAL``, ``CATH``) and often end with its
-form or size, so the first and the last word are features of their own. And a facility prices by
-fee schedule, so the exact price at that facility hints at the category.
+form or size, so the first and the last word are features of their own.
+
+Nothing keys on the facility (``department``): the model is used at facilities it has never seen,
+where such a feature is silent, and a model that leaned on it during training is worse there. With
+each facility held out in turn (``ml evaluate --by department``), removing the department one-hot
+and the ``department|cost`` price block gained macro-F1 +0.007 at the two large facilities and
++0.001 on the mean of all five (accuracy +0.002); giving the price block a quarter of its weight, or
+blanking the department of half the training rows, did not recover that. At a known facility (the
+shipped hash split) the two blocks were worth accuracy +0.002 and macro-F1 −0.005: nothing to keep.
 
 Category names are knowledge too: ``OTHER IMAGING SERVICES - SCREENING MAMMOGRAPHY`` says what a
 ``SCREENING MAMMOGRAM BILAT`` line is even when no training line was worded like it, so each name
@@ -36,7 +43,8 @@ _NOT_WORD = re.compile(r"[^0-9A-Z/.%+-]+")
 _SPACES = re.compile(r"\s+")
 
 
-#: Weight of the word-position and price one-hot blocks against the unit-length TF-IDF blocks.
+#: Weight of the word-position one-hot blocks (and of the price block of models registered with one)
+#: against the unit-length TF-IDF blocks.
 #: At 1.0 the first word alone outweighed the description's n-grams and accuracy fell; over nine
 #: re-drawn hash splits 0.5 did best (0.35 lower macro-F1, 0.7 lower accuracy).
 ONE_HOT_WEIGHT = 0.5
@@ -85,7 +93,11 @@ def last_word(text: str) -> list[str]:
 
 
 def price_key(department: object, cost: object) -> str:
-    """``department|cost`` of one record, cost to the cent; a missing part reads as empty."""
+    """``department|cost`` of one record, cost to the cent; a missing part reads as empty.
+
+    Only models registered with the price block use it (their pickles refer to :func:`price_keys`);
+    new models have no facility-keyed features.
+    """
     facility = "" if _missing(department) else str(department)
     price = "" if _missing(cost) else f"{float(cost):.2f}"  # type: ignore[arg-type]
     return f"{facility}|{price}"
@@ -161,17 +173,14 @@ def build_preprocessor(
         ),
     )
     categorical = OneHotEncoder(handle_unknown="ignore", min_frequency=5)
-    price = make_pipeline(FunctionTransformer(price_keys), OneHotEncoder(handle_unknown="ignore", min_frequency=2))
     cost = make_pipeline(FunctionTransformer(log_cost), StandardScaler())
     return SequentialColumnTransformer(
         [
             ("description", description, DESCRIPTION),
-            ("categorical", categorical, [CONTRACT, DEPARTMENT]),
-            ("price", price, [DEPARTMENT, COST]),
+            ("categorical", categorical, [CONTRACT]),
             ("cost", cost, [COST]),
         ],
         sparse_threshold=1.0,
-        transformer_weights={"price": ONE_HOT_WEIGHT},
     )
 
 
@@ -212,7 +221,8 @@ class CompiledFeatures:
     and builds the same matrix from plain column lists; tests hold it equal to ``transform``.
     """
 
-    #: Distinct (contract, department) pairs remembered; bounded so odd input cannot grow memory.
+    #: Distinct values of the one-hot columns (contract; and department in models registered with it)
+    #: remembered; bounded so odd input cannot grow memory.
     CACHE_SIZE = 4096
 
     def __init__(self, preprocessor: ColumnTransformer) -> None:
@@ -229,9 +239,10 @@ class CompiledFeatures:
             self._text.append((vectorizer.build_analyzer(), vectorizer.vocabulary_, idf, scale, offset))
             offset += len(idf)
         self._encoder: OneHotEncoder = parts["categorical"]
+        self._categorical_columns = list(self._encoder.feature_names_in_)
         self._categorical_offset = preprocessor.output_indices_["categorical"].start
-        self._pairs: dict[tuple[str, str], np.ndarray] = {}
-        # models trained before the price block have none; they keep serving until retrained
+        self._pairs: dict[tuple[str, ...], np.ndarray] = {}
+        # only models registered with the price block have one; they keep serving until retrained
         self._prices: dict[str, int] = {}
         self._price_weight = np.float32((preprocessor.transformer_weights or {}).get("price", 1.0))
         if "price" in parts and parts["price"] != "drop":
@@ -272,18 +283,19 @@ class CompiledFeatures:
             rows.append(row)
             columns.append(index + offset)
             values.append(weight / norms[row].astype(np.float32) * scale)
-        price_columns = np.fromiter(
-            (
-                self._prices.get(price_key(department, cost), -1)
-                for department, cost in zip(records[DEPARTMENT], records[COST], strict=True)
-            ),
-            dtype=np.int64,
-            count=n,
-        )
-        rows.append(np.flatnonzero(price_columns >= 0))
-        columns.append(price_columns[price_columns >= 0])
-        values.append(np.full(len(columns[-1]), self._price_weight, dtype=np.float32))
-        pairs = list(zip(records[CONTRACT], records[DEPARTMENT], strict=True))
+        if self._prices:
+            price_columns = np.fromiter(
+                (
+                    self._prices.get(price_key(department, cost), -1)
+                    for department, cost in zip(records[DEPARTMENT], records[COST], strict=True)
+                ),
+                dtype=np.int64,
+                count=n,
+            )
+            rows.append(np.flatnonzero(price_columns >= 0))
+            columns.append(price_columns[price_columns >= 0])
+            values.append(np.full(len(columns[-1]), self._price_weight, dtype=np.float32))
+        pairs = list(zip(*(records[column] for column in self._categorical_columns), strict=True))
         hot = self._one_hot(pairs)
         sizes = np.fromiter((len(hot[p]) for p in pairs), dtype=np.int64, count=n)
         rows.append(np.repeat(np.arange(n), sizes))
@@ -298,16 +310,16 @@ class CompiledFeatures:
         )
         return matrix.tocsr()
 
-    def _one_hot(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
-        """Output columns of each distinct pair; unseen pairs go through the fitted encoder once.
+    def _one_hot(self, pairs: list[tuple[str, ...]]) -> dict[tuple[str, ...], np.ndarray]:
+        """Output columns of each distinct tuple of the encoder's columns; unseen ones go through it once.
 
         Safe when Dask worker threads share one model: lookups never assume what another call cached.
         """
         known = {pair: self._pairs.get(pair) for pair in set(pairs)}
         missing = sorted(pair for pair, found in known.items() if found is None)
         if not missing:
-            return cast(dict[tuple[str, str], np.ndarray], known)
-        encoded = self._encoder.transform(pd.DataFrame(missing, columns=self._encoder.feature_names_in_)).tocsr()
+            return cast(dict[tuple[str, ...], np.ndarray], known)
+        encoded = self._encoder.transform(pd.DataFrame(missing, columns=self._categorical_columns)).tocsr()
         new = {
             pair: encoded.indices[encoded.indptr[i] : encoded.indptr[i + 1]] + self._categorical_offset
             for i, pair in enumerate(missing)
@@ -315,4 +327,4 @@ class CompiledFeatures:
         if len(self._pairs) + len(new) > self.CACHE_SIZE:
             self._pairs = {}
         self._pairs.update(new)
-        return cast(dict[tuple[str, str], np.ndarray], {**known, **new})
+        return cast(dict[tuple[str, ...], np.ndarray], {**known, **new})

@@ -145,7 +145,7 @@ class ModelRegistry:
         """The quality gate: macro-F1 may not drop more than ``tolerance`` below LATEST's.
 
         Only estimates made the same way are compared: against a LATEST estimated differently the
-        gate refuses, and a person decides (``ml evaluate`` both, then ``ml models promote``).
+        gate refuses rather than compare unlike numbers.
         """
         current = self.latest_version()
         if current is None:

@@ -126,14 +126,15 @@ def test_device_names_train_a_sound_model_on_every_row_with_no_code_change(tmp_p
     assert scores["accuracy"] > 0.9 and scores["accuracy"] >= baseline_accuracy - 0.02
 
 
-def test_blocks_of_a_column_empty_in_every_row_are_constant(tmp_path: Path) -> None:
-    """An empty cost or department adds the same numbers to every row: it can shift no decision."""
+def test_a_column_empty_in_every_row_is_a_constant_and_contract_is_used(tmp_path: Path) -> None:
+    """An empty cost adds the same numbers to every row (it can shift no decision); contract is used."""
     frame = schema.coerce(device_records(200, seed=3, prefix="d"), labeled=True)
     preprocessor = build_preprocessor(min_df=2).fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY])
     features = preprocessor.transform(frame[schema.FEATURE_COLUMNS]).toarray()
-    for block in ("price", "cost"):
-        part = features[:, preprocessor.output_indices_[block]]
-        assert part.shape[1] > 0 and (part == part[0]).all(), block
+    cost = features[:, preprocessor.output_indices_["cost"]]
+    assert cost.shape[1] > 0 and (cost == cost[0]).all()
+    manufacturers = features[:, preprocessor.output_indices_["categorical"]]
+    assert manufacturers.shape[1] == frame[schema.CONTRACT].nunique() and (manufacturers.sum(axis=1) == 1).all()
     model = fit_model(frame)
     assert set(model.classes_) == set(DEVICES)
 

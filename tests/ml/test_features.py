@@ -5,9 +5,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
 
 from ml import schema
 from ml.features import (
+    ONE_HOT_WEIGHT,
     CompiledFeatures,
     build_preprocessor,
     category_prototypes,
@@ -16,6 +19,7 @@ from ml.features import (
     normalise_column,
     normalise_text,
     price_key,
+    price_keys,
 )
 from ml.model import build_pipeline
 
@@ -120,13 +124,37 @@ def test_price_key_reads_missing_parts_as_empty() -> None:
     assert price_key(None, None) == "|"
 
 
-def test_compiled_features_serve_a_model_trained_before_the_price_block(purchases_sample: pd.DataFrame) -> None:
+def test_compiled_features_serve_a_model_registered_with_facility_features(purchases_sample: pd.DataFrame) -> None:
+    """Models registered before the facility-keyed blocks were dropped keep serving, exactly."""
     frame = schema.coerce(purchases_sample.head(300), labeled=True)
-    without_price = build_pipeline({"features__price": "drop"})
-    without_price.fit(frame[schema.FEATURE_COLUMNS], frame[schema.CATEGORY])
+    registered = build_preprocessor(min_df=2)
+    price = make_pipeline(FunctionTransformer(price_keys), OneHotEncoder(handle_unknown="ignore", min_frequency=2))
+    registered.set_params(
+        transformers=[
+            ("description", registered.transformers[0][1], schema.DESCRIPTION),
+            (
+                "categorical",
+                OneHotEncoder(min_frequency=5, handle_unknown="ignore"),
+                [schema.CONTRACT, schema.DEPARTMENT],
+            ),
+            ("price", price, [schema.DEPARTMENT, schema.COST]),
+            ("cost", registered.transformers[-1][1], [schema.COST]),
+        ],
+        transformer_weights={"price": ONE_HOT_WEIGHT},
+    ).fit(frame[schema.FEATURE_COLUMNS])
     odd = _odd_records(purchases_sample)
-    expected = without_price[0].transform(odd)
-    assert abs(CompiledFeatures(without_price[0]).transform(odd) - expected).max() < 1e-6
+    odd.loc[5:, schema.DEPARTMENT] = frame[schema.DEPARTMENT].iloc[5:]  # known prices at known facilities
+    expected = registered.transform(odd)
+    assert expected[:, registered.output_indices_["price"]].nnz > 100
+    assert abs(CompiledFeatures(registered).transform(odd) - expected).max() < 1e-6
+
+
+def test_no_feature_keys_on_the_facility(purchases_sample: pd.DataFrame) -> None:
+    """At a facility the model has never seen, the department is all it changes: the features must not."""
+    frame = schema.coerce(purchases_sample.head(300), labeled=True)[schema.FEATURE_COLUMNS]
+    preprocessor = build_preprocessor(min_df=2).fit(frame)
+    elsewhere = frame.assign(department="a hospital never seen in training")
+    assert abs(preprocessor.transform(elsewhere) - preprocessor.transform(frame)).max() == 0
 
 
 def test_category_prototypes_score_the_character_cosine_of_name_and_description(purchases_sample) -> None:

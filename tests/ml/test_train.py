@@ -19,7 +19,7 @@ from distributed import Client, get_task_stream
 from ml.errors import ExitCode
 from ml.jobs.train import search
 from ml.model import fit_model
-from ml.registry import ModelRegistry
+from ml.registry import HASH_SPLIT_ESTIMATE, ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,9 @@ def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample
     registry = ModelRegistry(store)
     assert registry.latest_version() == summary["version"]
     meta = registry.metadata()
-    assert meta["data"]["rows"] == 3000 and meta["data"]["validation_rows"] > 0
+    assert meta["data"]["rows"] == meta["data"]["train_rows"] == 3000  # the registered model saw every row
+    assert meta["data"]["estimate_rows"] + meta["data"]["validation_rows"] == 3000
+    assert meta["metrics"]["estimate"] == HASH_SPLIT_ESTIMATE
     assert len(meta["search"]) == 4 and meta["params"]
     assert meta["libraries"]["scikit-learn"] and meta["sha256"]
     assert "searching 4 candidates" in result.stderr
