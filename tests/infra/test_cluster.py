@@ -5,18 +5,23 @@ the workload settings that depend on the cluster (CronJob failure policy, servin
 Security version, database egress).
 
 Karpenter's custom resources are validated against Karpenter's own CRD schemas (vendored from the
-Karpenter Go module, see ``tests/infra/crds/README.md``), pruning-strict: a field the API server
-would drop is an error here.
+Karpenter Go module, see ``tests/infra/crds/README.md``), as the API server does on create: the
+structural schema, pruning-strict (a field the API server would drop is an error here), and every
+``x-kubernetes-validations`` CEL rule, evaluated with a real CEL interpreter plus the two Kubernetes
+CEL library functions the rules use (``find``, ``split``). Transition rules (``oldSelf``) apply only
+to updates and are not evaluated.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import cel
 import jsonschema
 import pulumi
 import pytest
@@ -73,21 +78,63 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @cache
-def crd_schema(kind: str) -> dict[str, Any]:
+def crd_openapi_schema(kind: str) -> dict[str, Any]:
+    """The v1 ``openAPIV3Schema`` of Karpenter's CRD for ``kind``, as vendored."""
     for path in CRD_DIR.glob("karpenter.*.yaml"):
         crd = yaml.safe_load(path.read_text())
         if crd["spec"]["names"]["kind"] == kind:
             (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1" and v["served"]]
-            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
-            # metadata is validated by the API server itself, not by the CRD's schema.
-            schema["properties"]["metadata"] = {"type": "object"}
-            return _strict(schema)
+            schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+            return schema
     raise AssertionError(f"no CRD for {kind} in {CRD_DIR}")
 
 
+@cache
+def crd_schema(kind: str) -> dict[str, Any]:
+    schema = copy.deepcopy(crd_openapi_schema(kind))
+    # metadata is validated by the API server itself, not by the CRD's schema.
+    schema["properties"]["metadata"] = {"type": "object"}
+    return _strict(schema)
+
+
+def _cel_find(text: str, pattern: str) -> str:
+    """Kubernetes CEL regex library: the first match of ``pattern`` in ``text``, or ``""``."""
+    match = re.search(pattern, text)
+    return match.group(0) if match else ""
+
+
+def cel_violations(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Every ``x-kubernetes-validations`` rule under ``schema`` that ``value`` breaks."""
+    out = []
+    for validation in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in validation["rule"]:  # a transition rule: only on update
+            continue
+        context = cel.Context()
+        context.add_function("find", _cel_find)
+        context.add_function("split", lambda text, sep: text.split(sep))
+        context.add_variable("self", value)
+        if cel.evaluate(validation["rule"], context) is not True:
+            out.append(f"{path}: {validation.get('message', validation['rule'])}")
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                out += cel_violations(value[key], sub, f"{path}.{key}")
+        if isinstance(schema.get("additionalProperties"), dict):
+            for key, item in value.items():
+                out += cel_violations(item, schema["additionalProperties"], f"{path}.{key}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            out += cel_violations(item, schema["items"], f"{path}[{i}]")
+    return out
+
+
 def validate_custom_resource(obj: dict[str, Any]) -> None:
+    """Raise on anything the API server would reject when creating ``obj``."""
     assert obj["apiVersion"] in (karpenter.NODE_POOL_API, karpenter.NODE_CLASS_API)
     jsonschema.validate(obj, crd_schema(obj["kind"]), cls=jsonschema.Draft7Validator)
+    broken = cel_violations(obj, crd_openapi_schema(obj["kind"]), f"{obj['kind']}/{obj['metadata']['name']}")
+    if broken:
+        raise AssertionError("; ".join(broken))
 
 
 def karpenter_objects(run: StackRun) -> list[dict[str, Any]]:
@@ -132,6 +179,29 @@ def test_crd_validation_rejects_what_the_api_server_would(kind: str, path: tuple
         node = node[key]
     node[path[-1]] = value
     with pytest.raises(jsonschema.ValidationError):
+        validate_custom_resource(obj)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "message"),
+    [
+        ("NodePool", ("spec", "template", "spec", "requirements", 0, "values"), [],
+         "requirements with operator 'In' must have a value defined"),
+        ("NodePool", ("spec", "template", "spec", "requirements", 0, "key"), "karpenter.sh/nodepool",
+         "label \"karpenter.sh/nodepool\" is restricted"),
+        ("EC2NodeClass", ("spec", "instanceProfile"), "profile",
+         "must specify exactly one of ['role', 'instanceProfile']"),
+        ("EC2NodeClass", ("spec", "amiSelectorTerms", 0, "id"), "ami-0123", "'alias' is mutually exclusive"),
+    ],
+)  # fmt: skip
+def test_crd_validation_runs_the_crds_cel_rules(kind: str, path: tuple[Any, ...], value: Any, message: str) -> None:
+    obj = copy.deepcopy(next(o for o in karpenter_objects(cached_run("dev")) if o["kind"] == kind))
+    node = obj
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    jsonschema.validate(obj, crd_schema(kind), cls=jsonschema.Draft7Validator)  # the structure is fine
+    with pytest.raises(AssertionError, match=re.escape(message)):
         validate_custom_resource(obj)
 
 
