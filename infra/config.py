@@ -274,6 +274,11 @@ class Jobs(_Model):
     predict: CronJob = Field(description="Unlabeled purchases to predictions table (on Dask).")
 
 
+PROMETHEUS_STACK_RELEASE = "kube-prometheus-stack"
+"""Helm release name of the operator stack ``workloads.monitoring.install`` installs; its Prometheus
+selects monitors and rules labelled ``release: <this>``."""
+
+
 class Monitoring(_Model):
     """Prometheus Operator objects (ServiceMonitors, PodMonitor, PrometheusRule) and the Grafana dashboard.
 
@@ -284,6 +289,13 @@ class Monitoring(_Model):
     enabled: bool = Field(
         default=False,
         description="Declare the monitoring objects; needs the Prometheus Operator's CRDs in the cluster.",
+    )
+    install: bool = Field(
+        default=False,
+        description="Install the Prometheus Operator, its CRDs, Prometheus, Alertmanager, kube-state-metrics "
+        "and Grafana (Helm chart `kube-prometheus-stack`, pinned) in `namespace`, before the monitoring "
+        "objects: what a cluster this stack creates needs (eks mode). `false`: the cluster already runs an "
+        "operator that selects `selectorLabels` (existing mode, or an operator another program installs).",
     )
     namespace: DnsLabel = Field(
         default="monitoring",
@@ -320,6 +332,20 @@ class Monitoring(_Model):
         description="Alert when a model version's share flagged for review over 1 h rises this far above "
         "its validation share.",
     )
+
+    @model_validator(mode="after")
+    def _install_rules(self) -> Monitoring:
+        if not self.install:
+            return self
+        if not self.enabled:
+            raise ValueError("install is true but enabled is false; the operator is installed for the monitoring objects")
+        if self.selector_labels.get("release") != PROMETHEUS_STACK_RELEASE:
+            raise ValueError(
+                f"install is true but selectorLabels is {self.selector_labels}; the installed Prometheus selects "
+                f"`release: {PROMETHEUS_STACK_RELEASE}`, the label the chart's own monitors (kube-state-metrics, "
+                "which the CronJob alerts read) carry too; set selectorLabels to include it"
+            )
+        return self
 
 
 class Workloads(_Model):
@@ -452,8 +478,9 @@ class Cluster(_Model):
     name: DnsLabel = Field(description="Cluster name (eks) or a label for the existing cluster.")
     version: str = Field(
         default=DEFAULT_CLUSTER_VERSION,
-        description="Kubernetes version of the control plane; one of "
-        f"{', '.join(SUPPORTED_CLUSTER_VERSIONS)} (eks mode: addon versions are pinned per version).",
+        pattern=r"^1\.\d{2}$",
+        description="Kubernetes version of the control plane (Pod Security is pinned to it); eks mode: one of "
+        f"{', '.join(SUPPORTED_CLUSTER_VERSIONS)}, whose addon versions are pinned.",
     )
     endpoint_public_access: bool = Field(
         default=False, description="Expose the API endpoint publicly (only to `publicAccessCidrs`)."
@@ -501,16 +528,6 @@ class Cluster(_Model):
             raise ValueError(f"{duplicates} listed more than once; each role gets exactly one access entry")
         return value
 
-    @field_validator("version")
-    @classmethod
-    def _supported_version(cls, value: str) -> str:
-        if value not in SUPPORTED_CLUSTER_VERSIONS:
-            raise ValueError(
-                f"{value!r} is not a supported cluster version; supported: {', '.join(SUPPORTED_CLUSTER_VERSIONS)} "
-                "(add the next version's addon row to infra/config.py first)"
-            )
-        return value
-
     @field_validator("log_retention_days")
     @classmethod
     def _retention(cls, value: int) -> int:
@@ -526,6 +543,11 @@ class Cluster(_Model):
         if self.mode == "eks":
             if self.system_nodes is None or self.node_pools is None:
                 raise ValueError("systemNodes and nodePools are required when mode is 'eks'")
+            if self.version not in SUPPORTED_CLUSTER_VERSIONS:
+                raise ValueError(
+                    f"version {self.version!r} is not a supported EKS version; supported: "
+                    f"{', '.join(SUPPORTED_CLUSTER_VERSIONS)} (first add the version's addon row to infra/config.py)"
+                )
             if self.endpoint_public_access and not self.public_access_cidrs:
                 raise ValueError("endpointPublicAccess is true but publicAccessCidrs is empty; list CIDRs")
         return self
@@ -678,6 +700,12 @@ class StackConfig(_Model):
             if self.storage.endpoint_url is not None:
                 raise ValueError("storage.endpointUrl is only used when cluster.mode is 'existing'")
         else:
+            if self.workloads.monitoring.install:
+                raise ValueError(
+                    "workloads.monitoring.install is only used when cluster.mode is 'eks': an existing cluster's "
+                    f"platform services are yours; install the Prometheus Operator there (e.g. Helm release "
+                    f"{PROMETHEUS_STACK_RELEASE!r}) and set install: false"
+                )
             if self.registry is None:
                 raise ValueError("registry is required when cluster.mode is 'existing'")
             if self.storage.bucket_name is None:

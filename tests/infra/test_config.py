@@ -177,7 +177,7 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
         "unsupported cluster version",
         "cluster.version",
         "1.32",
-        "'1.32' is not a supported cluster version; supported: 1.35",
+        "version '1.32' is not a supported EKS version; supported: 1.35",
     ),
     (
         "duplicate admin",
