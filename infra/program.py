@@ -21,6 +21,7 @@ from infra.aws.storage import Storage
 from infra.aws.tags import default_tags
 from infra.config import ConfigError, StackConfig, load_from_pulumi
 from infra.images import image_reference
+from infra.k8s.prometheus_stack import PrometheusStack
 from infra.naming import PROJECT, SERVICE_ACCOUNTS
 
 
@@ -49,6 +50,9 @@ class Platform:
     """Secret."""
     region: str | None = None
     aws_provider: aws.Provider | None = field(default=None, repr=False)
+    monitoring_operator: pulumi.Resource | None = None
+    """The kube-prometheus-stack release (``workloads.monitoring.install``): the monitoring objects'
+    kinds exist once it is installed."""
 
 
 def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
@@ -76,6 +80,16 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         account_id=account_id,
         opts=opts,
     )
+    monitoring_operator = None
+    if cfg.workloads.monitoring.install:
+        monitoring_operator = PrometheusStack(
+            "prometheus-stack",
+            cfg.workloads.monitoring,
+            kubernetes_version=cfg.cluster.version,
+            k8s_provider=cluster.provider,
+            after=list(cluster.karpenter.node_pools),
+            opts=opts,
+        ).release
     return Platform(
         config=cfg,
         k8s_provider=cluster.provider,
@@ -89,6 +103,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         kubeconfig=cluster.kubeconfig,
         region=region,
         aws_provider=provider,
+        monitoring_operator=monitoring_operator,
     )
 
 

@@ -317,11 +317,21 @@ def _nth_service_monitor(index: int, ctx: Context) -> Obj:
 
 
 class MonitoringObjects(pulumi.ComponentResource):
-    """The ServiceMonitors, PodMonitor, PrometheusRule and dashboard ConfigMap of a stack."""
+    """The ServiceMonitors, PodMonitor, PrometheusRule and dashboard ConfigMap of a stack.
 
-    def __init__(self, name: str, ctx: pulumi.Output[Context], opts: pulumi.ResourceOptions | None = None) -> None:
+    :param after: what every object waits for: its namespace, and the operator release that defines
+        the kinds (:class:`~infra.k8s.prometheus_stack.PrometheusStack`) where the program installs it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ctx: pulumi.Output[Context],
+        after: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("purchase-classifier:k8s:Monitoring", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = pulumi.ResourceOptions(parent=self, depends_on=after)
         for index, component in enumerate((SERVING, SCHEDULER)):
             monitor = ctx.apply(partial(_nth_service_monitor, index))
             k8s.apiextensions.CustomResource(

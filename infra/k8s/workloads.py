@@ -85,5 +85,6 @@ class Workloads(pulumi.ComponentResource):
         self.serving = Serving("serving", ctx, opts=after_ns, after=[self.bootstrap.done])
         self.jobs = Jobs("jobs", ctx, opts=after_ns)
         if cfg.workloads.monitoring.enabled:  # the monitoring.coreos.com kinds need the operator's CRDs
-            MonitoringObjects("monitoring", ctx, opts=after_ns)
+            operator = [platform.monitoring_operator] if platform.monitoring_operator is not None else []
+            MonitoringObjects("monitoring", ctx, after=[self.namespace, *operator], opts=child)
         self.register_outputs({"schedulerAddress": self.dask.scheduler_address, "servingUrl": self.serving.url})

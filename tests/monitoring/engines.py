@@ -14,10 +14,12 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+from infra.k8s.prometheus_stack import OPERATOR_VERSION
+
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
-PROMETHEUS_OPERATOR_VERSION = "v0.80.1"
-"""The operator release whose CRDs the custom resources are validated against (kube-prometheus-stack
-charts of 2025 ship this CRD generation); ``go mod download`` caches it in the Go module cache."""
+PROMETHEUS_OPERATOR_VERSION = OPERATOR_VERSION
+"""The operator release whose CRDs the custom resources are validated against: the one the program
+installs (:mod:`infra.k8s.prometheus_stack`); ``go mod download`` caches it in the Go module cache."""
 
 
 def _binary(name: str) -> str:

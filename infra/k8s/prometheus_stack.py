@@ -1,0 +1,172 @@
+"""The Prometheus Operator stack a cluster this program creates needs before its monitoring objects.
+
+``workloads.monitoring.install`` (eks mode) installs two pinned Helm charts, the way the Karpenter
+controller is installed (:mod:`infra.aws.karpenter`): ``prometheus-operator-crds`` (the
+``monitoring.coreos.com`` CRDs as templates, so a chart upgrade upgrades them; Helm never upgrades a
+chart's ``crds/`` directory) and ``kube-prometheus-stack`` without its own CRDs: the operator,
+Prometheus, Alertmanager, kube-state-metrics (the CronJob and Dask alerts read its series) and Grafana
+with its dashboard sidecar. The monitoring objects (:mod:`infra.k8s.monitoring`) depend on the release,
+so their kinds exist before they are applied.
+
+What is left out, and why: node-exporter (host network, host PID and hostPath mounts, which only the
+``privileged`` Pod Security level admits; no alert of ours reads node metrics), and the control-plane
+scrapes (EKS runs the controller manager, scheduler and etcd out of reach, and kube-proxy serves its
+metrics on the node's loopback): scraping what cannot be reached only fires ``TargetDown``.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.aws.karpenter import POOL_LABEL
+from infra.config import PROMETHEUS_STACK_RELEASE, Monitoring
+from infra.k8s.common import Obj
+from infra.k8s.monitoring import DASHBOARD_LABEL
+
+CHART_REPOSITORY = "oci://ghcr.io/prometheus-community/charts"
+CHART_VERSION = "88.1.0"
+CRD_CHART_VERSION = "31.0.0"
+OPERATOR_VERSION = "v0.93.0"
+"""The Prometheus Operator both charts above ship (kube-prometheus-stack 88.x, prometheus-operator-crds
+31.0.x); the tests validate the monitoring objects against this version's CRDs. Bump the three together."""
+CRD_RELEASE = "prometheus-operator-crds"
+GENERAL_POOL = "general"
+"""The Karpenter pool the stack runs on (system and Dask nodes are tainted for their own pods)."""
+HELM_TIMEOUT_SECONDS = 900
+"""A first install waits for Karpenter to launch a general node and for every pod to be ready."""
+PSA_ENFORCE = "baseline"
+"""Refuses host namespaces, hostPath and privileged pods; the chart's pods without node-exporter need
+none of them, and ``restricted`` is audited and warned about, not enforced, because the chart does not
+promise every container (e.g. its webhook certificate job) meets it."""
+PSA_AUDIT = "restricted"
+
+PROMETHEUS_RETENTION = "7d"
+PROMETHEUS_RETENTION_SIZE = "8GB"
+"""Prometheus keeps its data on the node (an ``emptyDir``): bounded well under a node's root volume.
+A restarted Prometheus starts empty, so an alert comparing with yesterday stays quiet for a day."""
+
+RESOURCES: dict[str, Obj] = {
+    # Prometheus: a few thousand series per node (kubelet, cAdvisor, kube-state-metrics) plus ours.
+    "prometheus": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+    "operator": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+    "webhook-job": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}},
+    "alertmanager": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}},
+    "grafana": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
+    "grafana-sidecar": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}},
+    "kube-state-metrics": {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"cpu": "200m", "memory": "256Mi"},
+    },
+}
+"""Requests and limits of every pod the chart runs."""
+
+
+def build_namespace(namespace: str, kubernetes_version: str) -> Obj:
+    """The monitoring namespace, its Pod Security levels pinned to the cluster's version."""
+    labels = {
+        "pod-security.kubernetes.io/enforce": PSA_ENFORCE,
+        "pod-security.kubernetes.io/audit": PSA_AUDIT,
+        "pod-security.kubernetes.io/warn": PSA_AUDIT,
+    }
+    labels |= {
+        f"pod-security.kubernetes.io/{mode}-version": f"v{kubernetes_version}" for mode in ("enforce", "audit", "warn")
+    }
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}
+
+
+def helm_values() -> Obj:
+    """kube-prometheus-stack values: Prometheus selects monitors and rules by ``release``, in every
+    namespace (``{}`` namespace selectors); Grafana's sidecar loads ConfigMaps labelled
+    :data:`~infra.k8s.monitoring.DASHBOARD_LABEL` from its own namespace."""
+    general = {POOL_LABEL: GENERAL_POOL}
+    selector = {"matchLabels": {"release": PROMETHEUS_STACK_RELEASE}}
+    ((dashboard_label, dashboard_label_value),) = DASHBOARD_LABEL.items()
+    return {
+        "crds": {"enabled": False},  # from the prometheus-operator-crds release
+        "nodeExporter": {"enabled": False},
+        "kubeControllerManager": {"enabled": False},
+        "kubeScheduler": {"enabled": False},
+        "kubeEtcd": {"enabled": False},
+        "kubeProxy": {"enabled": False},
+        "defaultRules": {"rules": {"nodeExporterAlerting": False, "nodeExporterRecording": False}},
+        "prometheusOperator": {
+            "nodeSelector": general,
+            "resources": RESOURCES["operator"],
+            "admissionWebhooks": {"patch": {"nodeSelector": general, "resources": RESOURCES["webhook-job"]}},
+        },
+        "prometheus": {
+            "prometheusSpec": {
+                "serviceMonitorSelector": selector,
+                "serviceMonitorNamespaceSelector": {},
+                "podMonitorSelector": selector,
+                "podMonitorNamespaceSelector": {},
+                "ruleSelector": selector,
+                "ruleNamespaceSelector": {},
+                "retention": PROMETHEUS_RETENTION,
+                "retentionSize": PROMETHEUS_RETENTION_SIZE,
+                "nodeSelector": general,
+                "resources": RESOURCES["prometheus"],
+            }
+        },
+        "alertmanager": {"alertmanagerSpec": {"nodeSelector": general, "resources": RESOURCES["alertmanager"]}},
+        "kubeStateMetrics": {"enabled": True},
+        "kube-state-metrics": {"nodeSelector": general, "resources": RESOURCES["kube-state-metrics"]},
+        "grafana": {
+            "enabled": True,
+            # Empty: the Grafana chart generates a random admin password and keeps it in its Secret,
+            # instead of kube-prometheus-stack's well-known default.
+            "adminPassword": "",
+            "nodeSelector": general,
+            "resources": RESOURCES["grafana"],
+            "sidecar": {
+                "resources": RESOURCES["grafana-sidecar"],
+                "dashboards": {"enabled": True, "label": dashboard_label, "labelValue": dashboard_label_value},
+            },
+        },
+    }
+
+
+class PrometheusStack(pulumi.ComponentResource):
+    """The monitoring namespace, the operator's CRDs and the kube-prometheus-stack release.
+
+    :param after: resources the release waits for (the Karpenter NodePools its pods need).
+    """
+
+    release: k8s.helm.v3.Release
+
+    def __init__(
+        self,
+        name: str,
+        monitoring: Monitoring,
+        *,
+        kubernetes_version: str,
+        k8s_provider: k8s.Provider,
+        after: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("purchase-classifier:k8s:PrometheusStack", name, None, opts)
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=k8s_provider)
+        ns = build_namespace(monitoring.namespace, kubernetes_version)
+        namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata=ns["metadata"], opts=on_cluster)
+        in_namespace = pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(depends_on=[namespace]))
+        crds = k8s.helm.v3.Release(
+            f"{name}-crds",
+            name=CRD_RELEASE,
+            chart=f"{CHART_REPOSITORY}/{CRD_RELEASE}",
+            version=CRD_CHART_VERSION,
+            namespace=monitoring.namespace,
+            opts=in_namespace,
+        )
+        self.release = k8s.helm.v3.Release(
+            name,
+            name=PROMETHEUS_STACK_RELEASE,
+            chart=f"{CHART_REPOSITORY}/kube-prometheus-stack",
+            version=CHART_VERSION,
+            namespace=monitoring.namespace,
+            skip_crds=True,
+            values=helm_values(),
+            timeout=HELM_TIMEOUT_SECONDS,
+            opts=pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(depends_on=[crds, *after])),
+        )
+        self.register_outputs({"release": self.release.name})
