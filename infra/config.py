@@ -338,7 +338,9 @@ class Monitoring(_Model):
         if not self.install:
             return self
         if not self.enabled:
-            raise ValueError("install is true but enabled is false; the operator is installed for the monitoring objects")
+            raise ValueError(
+                "install is true but enabled is false; the operator is installed for the monitoring objects"
+            )
         if self.selector_labels.get("release") != PROMETHEUS_STACK_RELEASE:
             raise ValueError(
                 f"install is true but selectorLabels is {self.selector_labels}; the installed Prometheus selects "
