@@ -47,6 +47,10 @@ HISTORY_LIMITS = {"successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3}
 TIME_ZONE = "Etc/UTC"
 
 
+NO_VOLUNTARY_DISRUPTION = {"karpenter.sh/do-not-disrupt": "true"}
+"""Karpenter does not consolidate or replace a node while a job's pod runs there: a run (hours of
+training) is not thrown away to save a node; the job ends, then the node may go."""
+
 NON_RETRIABLE_EXIT_CODES = (ExitCode.BAD_INPUT, ExitCode.GATE_REJECTED, ExitCode.NOT_FOUND)
 """Running again gives the same answer: the Job fails at once instead of burning its retries."""
 
@@ -111,7 +115,7 @@ def build_cronjob(ctx: Context, job: str) -> Obj:
                     "activeDeadlineSeconds": cfg.active_deadline_seconds,
                     "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
                     "template": {
-                        "metadata": {"labels": labels(ctx, job)},
+                        "metadata": {"labels": labels(ctx, job), "annotations": dict(NO_VOLUNTARY_DISRUPTION)},
                         "spec": pod_spec([main], SERVICE_ACCOUNT[job], restart_policy="Never"),
                     },
                 },

@@ -471,6 +471,8 @@ def test_cronjobs_fail_at_once_on_non_retriable_exit_codes(stack: str) -> None:
         assert count["onExitCodes"]["values"] == [int(ExitCode.INFRASTRUCTURE)]
         assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
         assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+        # Karpenter never consolidates a node from under a running job.
+        assert job["template"]["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
 
 
 @pytest.mark.parametrize("stack", STACKS)
