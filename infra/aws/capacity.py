@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from infra.config import GIB_PER_VCPU, NodePool, Resources, StackConfig, cpu_millicores, memory_bytes
+from infra.k8s.prometheus_stack import RESOURCES as MONITORING_RESOURCES
 
 _MIB = 2**20
 _GIB = 2**30
@@ -97,11 +98,23 @@ class PodGroup:
 
 
 def pool_pods(cfg: StackConfig) -> dict[str, list[PodGroup]]:
-    """The pods each pool must hold; jobs count at maximum scale as if all three ran at once."""
+    """The pods each pool must hold; jobs count at maximum scale as if all three ran at once, and the
+    Prometheus Operator stack's pods (``workloads.monitoring.install``) on the general pool."""
     w = cfg.workloads
     jobs = [
         PodGroup(f"workloads.jobs.{name}", f"workloads.jobs.{name}", getattr(w.jobs, name).resources, 0, 1)
         for name in ("refresh", "train", "predict")
+    ]
+    monitoring = [
+        PodGroup(
+            f"workloads.monitoring.install ({pod})",
+            "workloads.monitoring.install",
+            Resources.model_validate(resources),
+            1,
+            1,
+        )
+        for pod, resources in MONITORING_RESOURCES.items()
+        if w.monitoring.install
     ]
     return {
         "dask": [
@@ -117,6 +130,7 @@ def pool_pods(cfg: StackConfig) -> dict[str, list[PodGroup]]:
                 w.serving.autoscaling.min_replicas, w.serving.autoscaling.max_replicas,
             ),
             *jobs,
+            *monitoring,
         ],
     }  # fmt: skip
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from infra.config import PROMETHEUS_STACK_RELEASE, ConfigError, parse_config
+from infra.aws.capacity import capacity_report
+from infra.config import (
+    PROMETHEUS_STACK_RELEASE,
+    ConfigError,
+    Resources,
+    cpu_millicores,
+    memory_bytes,
+    parse_config,
+)
 from infra.k8s import prometheus_stack
 from infra.mockrun import load_stack_config, to_pulumi_config
 from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, CapturedResource, StackRun, cached_run, run_stack
@@ -228,3 +236,21 @@ def test_install_that_makes_no_sense_is_refused(stack: str, changes: dict[str, A
 def test_install_defaults_off_and_extra_selector_labels_are_allowed() -> None:
     _parse("local")  # existing mode: the default, install false
     _parse("dev", selectorLabels={"release": PROMETHEUS_STACK_RELEASE, "team": "ml"})
+
+
+def test_capacity_check_counts_the_stack_on_the_general_pool() -> None:
+    """The general pool must hold Prometheus and the rest beside the workloads: the config-time
+    capacity check adds exactly their requests when install is on."""
+
+    def general_max(install: bool) -> tuple[int, int]:
+        raw = load_stack_config("dev")
+        raw[WORKLOADS] = with_monitoring("dev", install=install)
+        config, secret_keys = to_pulumi_config(raw, {"databaseUrl": "postgresql+psycopg://u:p@db/x"})
+        cfg = parse_config(config, secret_keys=secret_keys, stack="dev", aws_region=raw.get("aws:region"))
+        (general,) = [row for row in capacity_report(cfg) if row.pool == "general"]
+        return general.requested_max
+
+    with_stack, without = general_max(True), general_max(False)
+    requests = [Resources.model_validate(r).requests for r in prometheus_stack.RESOURCES.values()]
+    assert with_stack[0] - without[0] == sum(cpu_millicores(q.cpu) for q in requests)
+    assert with_stack[1] - without[1] == sum(memory_bytes(q.memory) for q in requests)

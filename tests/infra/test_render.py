@@ -38,7 +38,8 @@ def test_one_file_per_object_in_apply_order(stack: str, tmp_path: Path) -> None:
         # Every object the provider sends to the API server; Helm releases are charts, not objects.
         == len([r for r in run.resources if r.custom and r.type.startswith("kubernetes:") and "kind" in r.inputs])
     )
-    assert files[0].name == "00-namespace-purchase-classifier.yaml"
+    assert files[0].name.startswith("00-namespace-")
+    assert "00-namespace-purchase-classifier.yaml" in {f.name for f in files}
     for path in files:
         docs = list(yaml.safe_load_all(path.read_text()))
         assert len(docs) == 1
@@ -104,8 +105,10 @@ def test_stale_manifests_are_removed_but_other_files_kept(tmp_path: Path) -> Non
 
 def test_fresh_stack_renders_no_workloads_and_says_why(tmp_path: Path) -> None:
     result = render_run(cached_run("staging", with_digest=False), tmp_path)
-    # The cluster's own objects (Karpenter's node classes and pools) exist without a digest; no workload does.
-    assert {o["kind"] for o in result.objects} == {"EC2NodeClass", "NodePool"}
+    # The cluster's own objects (Karpenter's node classes and pools, the monitoring namespace) exist
+    # without a digest; no workload does.
+    assert {o["kind"] for o in result.objects} == {"EC2NodeClass", "NodePool", "Namespace"}
+    assert [o["metadata"]["name"] for o in result.objects if o["kind"] == "Namespace"] == ["monitoring"]
     assert any("imageDigest is not set" in w for w in result.warnings)
     assert "imageDigest is not set" in (tmp_path / SUMMARY_FILE).read_text()
 
