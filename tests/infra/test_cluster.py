@@ -499,10 +499,12 @@ def test_serving_drains_before_it_stops(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_pod_security_pinned_to_the_cluster_version(stack: str) -> None:
-    (ns,) = k8s(cached_run(stack), "Namespace").values()
+    namespaces = k8s(cached_run(stack), "Namespace").values()  # the workloads' and (eks) the monitoring one
     version = load_stack_config(stack)["purchase-classifier:cluster"].get("version", "1.35")
-    for mode in ("enforce", "audit", "warn"):
-        assert ns["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}-version"] == f"v{version}"
+    assert namespaces
+    for ns in namespaces:
+        for mode in ("enforce", "audit", "warn"):
+            assert ns["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}-version"] == f"v{version}"
 
 
 @pytest.mark.parametrize("stack", STACKS)

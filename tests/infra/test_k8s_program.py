@@ -36,9 +36,17 @@ EXPECTED_KINDS = {
 }
 
 
+PLATFORM_COMPONENTS = ("aws:Karpenter", "k8s:PrometheusStack")
+
+
 def k8s_objects(run: StackRun) -> list[CapturedResource]:
-    """The workloads' objects (the platform's own, Karpenter's charts and pools, are the cluster's)."""
-    return [r for r in run.resources if r.custom and r.type.startswith("kubernetes:") and "aws:Karpenter" not in r.urn]
+    """The workloads' objects (the platform's own, Karpenter's and the Prometheus Operator stack's
+    charts, pools and namespace, are the cluster's)."""
+    return [
+        r
+        for r in run.resources
+        if r.custom and r.type.startswith("kubernetes:") and not any(p in r.urn for p in PLATFORM_COMPONENTS)
+    ]
 
 
 def containers(run: StackRun) -> list[tuple[str, dict]]:

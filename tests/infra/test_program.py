@@ -296,8 +296,10 @@ def test_fresh_stack_without_digest_warns_and_skips(stack: str) -> None:
     run = cached_run(stack, with_digest=False)
     assert "imageReference" not in run.outputs or run.outputs["imageReference"] is None
     assert any("imageDigest is not set" in w and "skipped" in w for w in run.warnings)
-    # The platform's own cluster objects (Karpenter's charts and pools) exist; no workload does.
-    workloads = [r for r in run.resources if r.type.startswith("kubernetes:") and "aws:Karpenter" not in r.urn]
+    # The platform's own cluster objects (Karpenter's and the Prometheus Operator stack's charts, pools
+    # and namespace) exist; no workload does.
+    platform = ("aws:Karpenter", "k8s:PrometheusStack")
+    workloads = [r for r in run.resources if r.type.startswith("kubernetes:") and not any(p in r.urn for p in platform)]
     assert workloads == []
 
 
