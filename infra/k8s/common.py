@@ -139,13 +139,19 @@ def selector_labels(ctx: Context, component: str) -> dict[str, str]:
     }
 
 
-def labels(ctx: Context, component: str) -> dict[str, str]:
-    """The recommended ``app.kubernetes.io/*`` labels; the version is the image digest (truncated)."""
+def object_labels(ctx: Context, component: str) -> dict[str, str]:
+    """The recommended ``app.kubernetes.io/*`` labels of an object, without a version: they stay the
+    same across promotions, so a promotion's diff is the image change on the workloads alone."""
     return selector_labels(ctx, component) | {
         "app.kubernetes.io/part-of": PROJECT,
         "app.kubernetes.io/managed-by": "pulumi",
-        "app.kubernetes.io/version": ctx.image_digest.replace(":", "-")[:19],
     }
+
+
+def labels(ctx: Context, component: str) -> dict[str, str]:
+    """Pod (and Job) template labels: :func:`object_labels` plus the version, the image digest
+    (truncated), so the pods of each rollout say what they run."""
+    return object_labels(ctx, component) | {"app.kubernetes.io/version": ctx.image_digest.replace(":", "-")[:19]}
 
 
 def namespace_labels(instance: str) -> dict[str, str]:
@@ -159,7 +165,7 @@ def namespace_labels(instance: str) -> dict[str, str]:
 
 def metadata(ctx: Context, name: str, component: str, **extra: Any) -> Obj:
     """Explicit names (no Pulumi auto-suffix): Services are addressed by name, e.g. the scheduler."""
-    return {"name": name, "namespace": ctx.namespace, "labels": labels(ctx, component), **extra}
+    return {"name": name, "namespace": ctx.namespace, "labels": object_labels(ctx, component), **extra}
 
 
 def component_selector(components: tuple[str, ...] | list[str]) -> Obj:
