@@ -26,6 +26,14 @@ BUILD_TIMEOUT = 3 * 3600
 """A cold build of every family on 2 busy cores; the tools are cached after the first."""
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The first engine test may build the tools (far beyond the suite's per-test timeout); every
+    # command these tests run has its own timeout, so a hang still ends.
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
+
+
 def build_tools(*families: str) -> Path:
     """``engine/build-tools`` (builds on first use, cached afterwards); its last line is the bin dir."""
     out = subprocess.run(
