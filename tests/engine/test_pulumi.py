@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.promote import set_digest
 from tests.engine.conftest import ROOT, ControlPlane, Kubectl, build_tools, get_json
@@ -60,13 +61,7 @@ class Project:
         args = ["--stack", STACK, "--root", str(self.root), "--out", str(self.program)]
         args += ["--secret", f"databaseUrl={DATABASE_URL}"]
         subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "engine" / "yaml_program.py"),
-                *args,
-                "--secret",
-                f"databaseUrl={DATABASE_URL}",
-            ],
+            [sys.executable, str(ROOT / "engine" / "yaml_program.py"), *args],
             check=True,
             capture_output=True,
             timeout=300,
@@ -132,13 +127,15 @@ def deployed(project: Project) -> Project:
     return project
 
 
-def test_up_creates_every_rendered_object_and_the_workloads_roll_out(deployed: Project, kubectl: Kubectl) -> None:
-    program = (deployed.program / "Pulumi.yaml").read_text()
-    for kind in ("deployment", "cronjob", "service", "networkpolicy", "secret"):
-        names = [line.split("-", 1)[1].rstrip(":") for line in program.splitlines() if line.startswith(f"  {kind}-")]
-        assert names, kind
-        live = {o["metadata"]["name"] for o in get_json(kubectl, kind, "-n", NAMESPACE)["items"]}
-        assert set(names) <= live, kind
+def test_up_creates_every_declared_object_and_the_workloads_roll_out(deployed: Project, kubectl: Kubectl) -> None:
+    resources = yaml.safe_load((deployed.program / "Pulumi.yaml").read_text())["resources"]
+    declared = [r for r in resources.values() if r["type"].startswith("kubernetes:")]
+    assert len(declared) > 20
+    for resource in declared:
+        kind = resource["type"].rsplit(":", 1)[1].lower()
+        meta = resource["properties"]["metadata"]
+        namespace = ["-n", meta["namespace"]] if "namespace" in meta else []
+        assert get_json(kubectl, f"{kind}/{meta['name']}", *namespace)["metadata"]["name"] == meta["name"]
     # pulumi-kubernetes waited for each Deployment to become available before `up` returned.
     for deployment in get_json(kubectl, "deployments", "-n", NAMESPACE)["items"]:
         available = [c for c in deployment["status"]["conditions"] if c["type"] == "Available"]
