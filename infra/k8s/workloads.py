@@ -79,6 +79,11 @@ class Workloads(pulumi.ComponentResource):
             opts=child,
         )
         after_ns = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
+        # A component's depends_on does not reach the objects inside it; every object below is built
+        # from ctx, so carrying the namespace component in ctx makes each one wait for the namespace,
+        # its ServiceAccounts and Secrets. Without it, on 2 cores the engine's parallel slots can all
+        # be taken by objects retrying "namespace not found" while the namespace waits for a slot.
+        ctx = pulumi.Output.all(ctx, self.namespace.urn).apply(lambda values: values[0])
         self.dask = DaskCluster("dask", ctx, opts=after_ns)
         # The first deploy trains once before serving exists: a serving pod is ready only with a model.
         self.bootstrap = Bootstrap("bootstrap", ctx, cfg.workloads.jobs, after=[self.namespace, self.dask], opts=child)

@@ -8,6 +8,7 @@ with a passphrase secrets provider; no plugin is downloaded, no update check is 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -31,7 +32,12 @@ STACK = "local"
 NAMESPACE = "purchase-classifier"
 FIRST = "sha256:" + "1" * 64
 PROMOTED = "sha256:" + "2" * 64
-DATABASE_URL = "postgresql+psycopg://pc:never-in-state@postgres.data:5432/purchases"
+SECRETS = {
+    "databaseUrl": "postgresql+psycopg://pc:db-password-never-in-state@postgres.data:5432/purchases",
+    "storageAccessKeyId": "access-key-never-in-state",
+    "storageSecretAccessKey": "secret-key-never-in-state",
+}
+"""The stack's secret config, as `pulumi config set --secret` would hold it."""
 IMAGE_BOUND = re.compile(
     r"spec\.(jobTemplate\.spec\.)?template\.spec\.containers\[\d+\]\.(image|env\[0\]\.value)"
     r"|spec\.(jobTemplate\.spec\.template|jobTemplate|template)\.metadata\.labels\[\"app\.kubernetes\.io/version\"\]"
@@ -59,7 +65,8 @@ class Project:
 
     def write(self) -> None:
         args = ["--stack", STACK, "--root", str(self.root), "--out", str(self.program)]
-        args += ["--secret", f"databaseUrl={DATABASE_URL}"]
+        for key, value in SECRETS.items():
+            args += ["--secret", f"{key}={value}"]
         subprocess.run(
             [sys.executable, str(ROOT / "engine" / "yaml_program.py"), *args],
             check=True,
@@ -163,11 +170,19 @@ def test_an_hpa_scaling_the_deployment_is_not_undone(deployed: Project, kubectl:
     assert get_json(kubectl, "deployment/serving", "-n", NAMESPACE)["spec"]["replicas"] == 2
 
 
-def test_state_holds_no_secret_in_plain_text(deployed: Project) -> None:
+def test_state_holds_no_secret_in_plain_text(deployed: Project, kubectl: Kubectl) -> None:
     state = "\n".join(p.read_text() for p in deployed.state.rglob("*.json"))
     assert state
     assert "never-in-state" not in state
-    assert "token:" not in state  # the kubeconfig
+    assert "token:" not in state  # the kubeconfig's admin token
+    # They were deployed all the same: the Secrets hold them.
+    deployed_values = "\n".join(
+        base64.b64decode(value).decode()
+        for secret in get_json(kubectl, "secrets", "-n", NAMESPACE)["items"]
+        for value in (secret.get("data") or {}).values()
+    )
+    for value in SECRETS.values():
+        assert value in deployed_values
 
 
 def test_a_promotion_previews_as_the_image_change_on_the_image_workloads_only(deployed: Project) -> None:

@@ -106,6 +106,19 @@ def test_hpa_scaled_deployments_leave_replicas_to_the_hpa(stack: str) -> None:
 
 
 @pytest.mark.parametrize("stack", STACKS)
+def test_every_workload_object_waits_for_its_namespace(stack: str) -> None:
+    # A component's depends_on does not order the objects inside it. Objects sent before their
+    # namespace exists retry "not found" in the engine's limited parallel slots and can starve the
+    # namespace's own create on a small machine; each object must depend on it itself.
+    run = cached_run(stack)
+    objects = k8s_objects(run)
+    namespace = next(r for r in objects if r.type == "kubernetes:core/v1:Namespace")
+    for r in objects:
+        if r is not namespace and r.inputs["metadata"].get("namespace") == namespace.inputs["metadata"]["name"]:
+            assert namespace.urn in r.dependencies, f"{r.type} {r.name} may be created before its namespace"
+
+
+@pytest.mark.parametrize("stack", STACKS)
 def test_the_first_deploy_trains_once_before_the_serving_deployment(stack: str) -> None:
     # pulumi-kubernetes waits for a Deployment to become available and for a Job to complete: the
     # serving pods can become ready only once a model exists, so the first training run comes first.
