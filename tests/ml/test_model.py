@@ -77,6 +77,20 @@ def test_category_blocks_train_the_same_one_vs_rest_problems(purchases_sample: p
     assert (blocked.predict(X) == plain.predict(X)).all()
 
 
+def test_repeated_rows_are_fitted_once_with_their_count_as_weight(purchases_sample: pd.DataFrame) -> None:
+    """Fitting distinct rows weighted by their count must give the SVM fitted on every repeat."""
+    frame = schema.coerce(purchases_sample.head(400), labeled=True)
+    X = build_preprocessor(min_df=2).fit_transform(frame)
+    y = frame["category"].to_numpy()
+    repeats = np.r_[np.arange(len(y)), np.arange(100), np.arange(50)]  # 100 rows twice, 50 three times
+    weighted = TemperatureScaledSVC(tol=1e-4).fit(X[repeats], y[repeats])
+    plain = LinearSVC(C=0.5, tol=1e-4).fit(X[repeats], y[repeats])
+    assert np.allclose(weighted.decision_function(X), plain.decision_function(X), atol=1e-3)
+    # a single count of each row is another problem: the weights are what makes the two equal
+    once = TemperatureScaledSVC(tol=1e-4).fit(X, y)
+    assert not np.allclose(once.decision_function(X), plain.decision_function(X), atol=1e-3)
+
+
 def test_category_name_prior_adds_the_names_similarity_to_every_score(purchases_sample: pd.DataFrame) -> None:
     frame = schema.coerce(purchases_sample.head(600), labeled=True)
     with_prior = fit_model(frame)
