@@ -1,0 +1,145 @@
+"""Run the project's Pulumi program through the real Pulumi engine, with the Automation API.
+
+Why the Automation API: the CLI runs a Python program through a language host binary
+(``pulumi-language-python``) that the Go module proxy this project builds its tools from does not
+serve (see docs/engine.md). An *inline* Automation API program needs none: the SDK serves the
+language-host protocol in this process and starts the real ``pulumi`` CLI with ``--client``. The
+CLI, the engine, the Kubernetes provider, the state backend and the program
+(:func:`infra.program.main`) are the real ones; only the language-host process is the SDK's.
+
+The work directory holds ``Pulumi.yaml`` and ``Pulumi.<stack>.yaml``, so the stack config is read
+from the stack file exactly as ``pulumi up`` would read it, and secrets set here are encrypted into
+that file by the stack's secrets provider (the passphrase one with a file backend).
+
+``python -m infra.engine preview|up|refresh|destroy --stack local --backend file://DIR`` streams the
+engine's output; ``PULUMI_CONFIG_PASSPHRASE`` must be set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pulumi import automation as auto
+
+from infra.naming import PROJECT
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED_ENV = {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
+"""No update check, no plugin download: the CLI uses the provider on ``PATH``."""
+
+
+def _program() -> None:
+    from infra.program import main
+
+    main()
+
+
+def build_tools() -> Path:
+    """The directory of the engine binaries (``engine/build-tools`` builds them on first use)."""
+    out = subprocess.run([str(ROOT / "engine" / "build-tools")], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def open_stack(
+    stack: str, *, work_dir: Path, bin_dir: Path, backend: str, env: Mapping[str, str] | None = None
+) -> auto.Stack:
+    """Select (or create) ``stack`` of the project in ``work_dir``, run by the CLI in ``bin_dir``."""
+    env_vars = {
+        **FIXED_ENV,
+        **(env or {}),
+        "PULUMI_BACKEND_URL": backend,
+        "PATH": f"{bin_dir}{os.pathsep}{(env or os.environ).get('PATH', '')}",
+    }
+    return auto.create_or_select_stack(
+        stack_name=stack,
+        project_name=PROJECT,
+        program=_program,
+        opts=auto.LocalWorkspaceOptions(
+            work_dir=str(work_dir),
+            env_vars=env_vars,
+            pulumi_command=auto.PulumiCommand(root=str(bin_dir.parent), skip_version_check=True),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Preview:
+    stdout: str
+    change_summary: Mapping[auto.events.OpType, int]
+    steps: Mapping[str, auto.events.StepEventMetadata]
+    """The steps that change something, by ``<type>::<name>`` (names repeat across types)."""
+
+
+def preview(stack: auto.Stack, *, diff: bool = True, stream: bool = True) -> Preview:
+    steps: dict[str, auto.events.StepEventMetadata] = {}
+
+    def collect(event: auto.events.EngineEvent) -> None:
+        pre = event.resource_pre_event
+        if pre is not None and pre.metadata.op != auto.events.OpType.SAME:
+            steps[f"{pre.metadata.type}::{pre.metadata.urn.rsplit('::', 1)[1]}"] = pre.metadata
+
+    result = stack.preview(diff=diff, color="never", on_event=collect, on_output=_echo(stream))
+    return Preview(result.stdout, result.change_summary, steps)
+
+
+def up(stack: auto.Stack, *, stream: bool = True, **kwargs: object) -> auto.UpResult:
+    return stack.up(color="never", on_output=_echo(stream), **kwargs)  # type: ignore[arg-type]
+
+
+def refresh(stack: auto.Stack, *, stream: bool = True) -> auto.RefreshResult:
+    return stack.refresh(color="never", on_output=_echo(stream))
+
+
+def destroy(stack: auto.Stack, *, stream: bool = True) -> auto.DestroyResult:
+    return stack.destroy(color="never", on_output=_echo(stream))
+
+
+def _echo(stream: bool) -> auto.OnOutput | None:
+    return (lambda line: print(line, end="" if line.endswith("\n") else "\n", flush=True)) if stream else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.engine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("preview", "up", "refresh", "destroy"))
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--work-dir", type=Path, default=ROOT, help="holds Pulumi.yaml and the stack file")
+    parser.add_argument("--backend", default=os.environ.get("PULUMI_BACKEND_URL"), help="state backend URL")
+    parser.add_argument("--bin", type=Path, help="engine binaries (default: engine/build-tools' output)")
+    parser.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="KEY=VAR",
+        help="set the secret config KEY (of this project) from environment variable VAR first",
+    )
+    args = parser.parse_args(argv)
+    if not args.backend:
+        parser.error("no state backend: pass --backend or set PULUMI_BACKEND_URL")
+    stack = open_stack(args.stack, work_dir=args.work_dir, bin_dir=args.bin or build_tools(), backend=args.backend)
+    for item in args.secret_env:
+        key, _, var = item.partition("=")
+        if var not in os.environ:
+            parser.error(f"--secret-env {item}: environment variable {var!r} is not set")
+        stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(os.environ[var], secret=True))
+    try:
+        commands: dict[str, Callable[[auto.Stack], object]] = {
+            "preview": preview,
+            "up": up,
+            "refresh": refresh,
+            "destroy": destroy,
+        }
+        commands[args.command](stack)
+    except auto.CommandError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
