@@ -45,7 +45,7 @@ def _subset_mismatches(rendered: Any, live: Any, path: str = "") -> list[str]:
     return [f"{path}: expected {rendered!r}, got {live!r}"]
 
 
-_SUFFIXES = {
+_SUFFIXES: dict[str, int | Fraction] = {
     "Ki": 2**10,
     "Mi": 2**20,
     "Gi": 2**30,
