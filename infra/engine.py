@@ -18,12 +18,13 @@ engine's output; ``PULUMI_CONFIG_PASSPHRASE`` must be set.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pulumi import automation as auto
 
@@ -68,24 +69,23 @@ def open_stack(
     )
 
 
-@dataclass(frozen=True)
-class Preview:
-    stdout: str
-    change_summary: Mapping[auto.events.OpType, int]
-    steps: Mapping[str, auto.events.StepEventMetadata]
-    """The steps that change something, by ``<type>::<name>`` (names repeat across types)."""
+def preview(stack: auto.Stack, *, diff: bool = True, stream: bool = True) -> auto.PreviewResult:
+    """``pulumi preview [--diff]``: the text in ``stdout``, the counts per operation in ``change_summary``."""
+    return stack.preview(diff=diff, color="never", on_output=_echo(stream))
 
 
-def preview(stack: auto.Stack, *, diff: bool = True, stream: bool = True) -> Preview:
-    steps: dict[str, auto.events.StepEventMetadata] = {}
+def planned_steps(stack: auto.Stack) -> dict[str, dict[str, Any]]:
+    """``pulumi preview --json``: the steps that change something (with their ``detailedDiff``), by
+    ``<type>::<name>`` (names repeat across types). The event stream's step metadata carries no diff
+    in a preview, hence the JSON output."""
+    out = json.loads(stack.preview(json=True, color="never").stdout)
+    return {resource_key(s["urn"]): s for s in out.get("steps", []) if s["op"] != "same"}
 
-    def collect(event: auto.events.EngineEvent) -> None:
-        pre = event.resource_pre_event
-        if pre is not None and pre.metadata.op != auto.events.OpType.SAME:
-            steps[f"{pre.metadata.type}::{pre.metadata.urn.rsplit('::', 1)[1]}"] = pre.metadata
 
-    result = stack.preview(diff=diff, color="never", on_event=collect, on_output=_echo(stream))
-    return Preview(result.stdout, result.change_summary, steps)
+def resource_key(urn: str) -> str:
+    """``<type>::<name>`` of a URN (``urn:pulumi:<stack>::<project>::<parent types$>type::name``)."""
+    *_, qualified_type, name = urn.split("::")
+    return f"{qualified_type.rsplit('$', 1)[-1]}::{name}"
 
 
 def up(stack: auto.Stack, *, stream: bool = True, **kwargs: object) -> auto.UpResult:
