@@ -1,0 +1,313 @@
+"""The real Python program, through the real Pulumi CLI, engine and Kubernetes provider, against a
+local control plane.
+
+:mod:`infra.engine` runs :func:`infra.program.main` as an Automation API inline program (the SDK
+serves the language-host protocol in this process; no ``pulumi-language-python`` is needed). The
+stack is ``local``, from a work directory holding ``Pulumi.yaml`` and ``Pulumi.local.yaml``: the
+registry is a real one on 127.0.0.1 holding two real images, the digests are recorded with
+``python -m infra promote`` and the secrets are encrypted into the stack file by the passphrase
+provider. State sits in a file backend; no plugin is downloaded, no update check is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi import automation as auto
+
+from infra import engine
+from infra.mockrun import run_stack
+from infra.render import is_kubernetes_object
+from tests.engine.conftest import ENGINE, ROOT, ControlPlane, build_tools
+from tests.support.registry import build_and_push_image, registry_server
+
+pytestmark = pytest.mark.slow
+
+STACK = "local"
+PROJECT = "purchase-classifier"
+NAMESPACE = "purchase-classifier"
+SECRETS = {
+    "databaseUrl": "postgresql+psycopg://pc:db-password-never-in-state@postgres.data:5432/purchases",
+    "storageAccessKeyId": "access-key-never-in-state",
+    "storageSecretAccessKey": "secret-key-never-in-state",
+}
+"""The stack's secret config, set as ``pulumi config set --secret`` would."""
+UP_BOUND_S = 600
+"""A hang guard, not a performance target: the provider waits up to 10 min for a rollout by default."""
+WORKLOADS_WITH_IMAGE = {
+    "kubernetes:apps/v1:Deployment::serving",
+    "kubernetes:apps/v1:Deployment::dask-scheduler",
+    "kubernetes:apps/v1:Deployment::dask-workers",
+    "kubernetes:batch/v1:CronJob::jobs-refresh",
+    "kubernetes:batch/v1:CronJob::jobs-train",
+    "kubernetes:batch/v1:CronJob::jobs-predict",
+}
+IMAGE_BOUND = re.compile(
+    r"spec\.(jobTemplate\.spec\.)?template\.spec\.containers\[\d+\]\.(image|env\[0\]\.value)"
+    r"|spec\.(jobTemplate\.spec\.template|jobTemplate|template)\.metadata\.labels\[\"app\.kubernetes\.io/version\"\]"
+)
+"""What a new digest may change on a workload: the image, the ML_IMAGE_DIGEST variable (first in
+every container's env) and the version label of the pods (and of a CronJob's Jobs)."""
+
+
+@dataclass
+class Deployed:
+    stack: auto.Stack
+    work_dir: Path
+    state: Path
+    digests: tuple[str, str]
+    """The image recorded first, and the one a promotion brings."""
+    declared: dict[str, dict[str, Any]]
+    """The offline run's Kubernetes objects (same stack file, same secrets), by ``<type>::<name>``."""
+    up_seconds: float
+    env: dict[str, str]
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["kubectl", *args], env=self.env, capture_output=True, text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def promote(self, digest: str) -> None:
+        """``python -m infra promote --digest`` on the work directory's stack file (checks the registry)."""
+        subprocess.run(
+            [sys.executable, "-m", "infra", "promote", "--digest", digest, "--to", STACK, "--root", str(self.work_dir)],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def state_resources(self) -> list[dict[str, Any]]:
+        return list((self.stack.export_stack().deployment or {}).get("resources") or [])
+
+    def resource_versions(self) -> dict[str, str]:
+        items = self.get("deployments,cronjobs,jobs,services,configmaps,secrets", "-n", NAMESPACE)["items"]
+        return {f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in items}
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of this module's own: no other module's objects in its namespace."""
+    bin_dir = build_tools("cluster")
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), bin_dir)
+    script = str(ENGINE / "control-plane")
+    env = {**os.environ, "ENGINE_BIN": str(bin_dir)}
+    subprocess.run([script, "start", str(plane.dir)], check=True, env=env, timeout=300)
+    try:
+        yield plane
+    finally:
+        subprocess.run([script, "stop", str(plane.dir)], check=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with registry_server(tmp_path_factory.mktemp("registry")) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def deployed(plane: ControlPlane, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    base = tmp_path_factory.mktemp("python-program")
+    work_dir = base / "project"
+    work_dir.mkdir()
+    for name in ("Pulumi.yaml", f"Pulumi.{STACK}.yaml"):
+        shutil.copy(ROOT / name, work_dir / name)
+    (work_dir / "infra").symlink_to(ROOT / "infra")  # Pulumi.yaml's `main`; the CLI checks it exists
+    (base / "state").mkdir()
+    env = {**plane.env(), "PULUMI_HOME": str(base / "home"), "PULUMI_CONFIG_PASSPHRASE": "engine-tests"}
+    stack = engine.open_stack(
+        STACK, work_dir=work_dir, bin_dir=build_tools(), backend=f"file://{base / 'state'}", env=env
+    )
+    repository = f"{registry}/{PROJECT}"
+    stack.set_config(f"{PROJECT}:registry", auto.ConfigValue(repository))
+    stack.set_config(f"{PROJECT}:cluster.context", auto.ConfigValue("local"), path=True)
+    secrets = {**SECRETS, "kubeconfig": plane.kubeconfig.read_text()}
+    for key, value in secrets.items():
+        stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(value, secret=True))
+    first, promoted = (build_and_push_image(registry, PROJECT, content=f"build {n}\n".encode()).digest for n in (1, 2))
+    run = Deployed(stack, work_dir, base / "state", (first, promoted), {}, 0.0, env)
+    run.promote(first)
+    offline = run_stack(STACK, secrets=secrets, root=work_dir)
+    run.declared = {f"{r.type}::{r.name}": r.inputs for r in offline.resources if is_kubernetes_object(r)}
+
+    preview = engine.preview(stack, stream=False)
+    # Every resource the offline run registered, and the root stack (which it does not capture).
+    assert preview.change_summary == {"create": len(offline.resources) + 1}, preview.stdout
+    started = time.monotonic()
+    engine.up(stack, stream=False)
+    run.up_seconds = time.monotonic() - started
+    yield run
+    stack.destroy()
+
+
+def _kubectl_kind(obj: dict[str, Any]) -> str:
+    group = obj["apiVersion"].rpartition("/")[0]
+    return f"{obj['kind'].lower()}.{group}" if group else obj["kind"].lower()
+
+
+def test_up_creates_every_object_the_offline_run_declares(deployed: Deployed) -> None:
+    assert deployed.up_seconds < UP_BOUND_S
+    state = deployed.state_resources()
+    managed = {engine.resource_key(r["urn"]) for r in state if r["type"].startswith("kubernetes:") and r["custom"]}
+    assert managed == set(deployed.declared)
+    for key, declared in deployed.declared.items():
+        meta = declared["metadata"]
+        namespace = ["-n", meta["namespace"]] if "namespace" in meta else []
+        live = deployed.get(f"{_kubectl_kind(declared)}/{meta['name']}", *namespace)
+        assert live["kind"] == declared["kind"], key
+        assert live["metadata"].get("labels", {}).items() >= (meta.get("labels") or {}).items(), key
+
+
+def test_every_pod_was_admitted_under_restricted_and_the_workloads_rolled_out(deployed: Deployed) -> None:
+    labels = deployed.get(f"namespace/{NAMESPACE}")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    image = f"{deployed.stack.get_config(f'{PROJECT}:registry').value}@{deployed.digests[0]}"
+    # Every pod of every workload exists, so Pod Security admission let it in; all run the digest.
+    pods = deployed.get("pods", "-n", NAMESPACE)["items"]
+    assert {p["metadata"]["labels"].get("job-name") for p in pods} >= {"bootstrap-refresh", "bootstrap-train"}
+    assert all(c["image"] == image for pod in pods for c in pod["spec"]["containers"])
+    for deployment in deployed.get("deployments", "-n", NAMESPACE)["items"]:
+        status = deployment["status"]
+        available = [c for c in status["conditions"] if c["type"] == "Available"]
+        assert available and available[0]["status"] == "True", deployment["metadata"]["name"]
+        assert status.get("readyReplicas") == deployment["spec"]["replicas"], deployment["metadata"]["name"]
+        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+        ready = deployed.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
+        assert len(ready) == deployment["spec"]["replicas"], deployment["metadata"]["name"]
+    assert {c["metadata"]["name"] for c in deployed.get("cronjobs", "-n", NAMESPACE)["items"]} == {
+        "refresh",
+        "train",
+        "predict",
+    }
+    # The enforcement is live: a root pod is refused in the namespace the program made.
+    refused = deployed.kubectl(
+        "run", "root-pod", "-n", NAMESPACE, "--image", image, "--dry-run=server", "--overrides",
+        json.dumps({"spec": {"securityContext": {"runAsUser": 0}}}), check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "restricted" in refused.stderr
+
+
+def test_the_first_deploy_trains_before_the_serving_deployment_exists(deployed: Deployed) -> None:
+    # kwok completes a Job at once; what this shows is the engine's order: the serving Deployment
+    # (whose pods are ready only with a model) was created after the training run completed.
+    refresh = deployed.get("job/bootstrap-refresh", "-n", NAMESPACE)["status"]
+    train = deployed.get("job/bootstrap-train", "-n", NAMESPACE)
+    serving = deployed.get("deployment/serving", "-n", NAMESPACE)["metadata"]["creationTimestamp"]
+    assert refresh["completionTime"] <= train["metadata"]["creationTimestamp"]
+    assert train["status"]["completionTime"] <= serving
+
+
+def test_a_second_up_changes_nothing(deployed: Deployed) -> None:
+    result = engine.up(deployed.stack, stream=False)
+    assert result.summary.resource_changes == {"same": len(deployed.state_resources())}
+
+
+def test_the_hpa_scaling_the_serving_deployment_is_not_undone(deployed: Deployed) -> None:
+    deployed.kubectl(
+        "patch", "deployment/serving", "-n", NAMESPACE, "--subresource", "scale", "--type", "merge",
+        "-p", '{"spec": {"replicas": 2}}',
+    )  # fmt: skip
+    result = engine.up(deployed.stack, stream=False, refresh=True)
+    assert set(result.summary.resource_changes or {}) == {"same"}, result.stdout
+    assert deployed.get("deployment/serving", "-n", NAMESPACE)["spec"]["replicas"] == 2
+
+
+def test_a_promotion_previews_as_the_image_change_on_the_image_workloads_only(deployed: Deployed) -> None:
+    first, promoted = deployed.digests
+    deployed.promote(promoted)
+    try:
+        steps = engine.planned_steps(deployed.stack)
+        summary = {key: (step["op"], sorted(step.get("detailedDiff") or {})) for key, step in steps.items()}
+        assert set(steps) == WORKLOADS_WITH_IMAGE, summary
+        for key, step in steps.items():
+            assert step["op"] == "update", key
+            changed = set(step["detailedDiff"])
+            assert any(path.endswith(".image") for path in changed), (key, changed)
+            assert all(IMAGE_BOUND.fullmatch(path) for path in changed), (key, changed)
+        preview = engine.preview(deployed.stack, stream=False)
+        assert preview.change_summary == {
+            "update": 6,
+            "same": len(deployed.state_resources()) - 6,
+        }
+        assert f"@{first}" in preview.stdout and f"@{promoted}" in preview.stdout
+    finally:
+        deployed.promote(first)
+
+
+def test_a_schedule_change_previews_as_that_cronjob_schedule_only(deployed: Deployed) -> None:
+    stack_file = deployed.work_dir / f"Pulumi.{STACK}.yaml"
+    original = stack_file.read_text()
+    stack_file.write_text(original.replace('schedule: "0 3 * * *"', 'schedule: "15 3 * * *"'))
+    try:
+        steps = engine.planned_steps(deployed.stack)
+        assert {key: set(step["detailedDiff"]) for key, step in steps.items()} == {
+            "kubernetes:batch/v1:CronJob::jobs-train": {"spec.schedule"}
+        }
+        assert '~ schedule: "0 3 * * *" => "15 3 * * *"' in engine.preview(deployed.stack, stream=False).stdout
+    finally:
+        stack_file.write_text(original)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("imageDigest", "sha256:abc", "purchase-classifier:imageDigest: got 'sha256:abc'"),
+        ("workloads.serving.replicas", "0", "purchase-classifier:workloads.serving.replicas: got 0"),
+    ],
+)
+def test_a_bad_config_value_fails_the_engine_naming_the_key_before_any_change(
+    deployed: Deployed, key: str, value: str, message: str
+) -> None:
+    stack_file = deployed.work_dir / f"Pulumi.{STACK}.yaml"
+    original = stack_file.read_text()
+    before = deployed.resource_versions()
+    deployed.stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(value), path=True)
+    try:
+        with pytest.raises(auto.CommandError) as failed:
+            engine.up(deployed.stack, stream=False)
+        assert message in str(failed.value)
+    finally:
+        stack_file.write_text(original)
+    assert deployed.resource_versions() == before
+    assert engine.planned_steps(deployed.stack) == {}
+
+
+def test_secrets_stay_encrypted_in_the_stack_file_and_the_state(deployed: Deployed) -> None:
+    stack_file = (deployed.work_dir / f"Pulumi.{STACK}.yaml").read_text()
+    state = "\n".join(p.read_text() for p in deployed.state.rglob("*.json"))
+    assert state
+    for text in (stack_file, state):
+        assert "never-in-state" not in text
+        assert "token:" not in text  # the kubeconfig's admin token
+    # They were deployed all the same: the Secrets hold them.
+    deployed_values = "\n".join(
+        base64.b64decode(value).decode()
+        for secret in deployed.get("secrets", "-n", NAMESPACE)["items"]
+        for value in (secret.get("data") or {}).values()
+    )
+    for value in SECRETS.values():
+        assert value in deployed_values
+
+
+def test_destroy_removes_everything_namespace_included(deployed: Deployed) -> None:
+    resources = len(deployed.state_resources())
+    result = deployed.stack.destroy()
+    assert result.summary.resource_changes == {"delete": resources}
+    assert deployed.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0
+    assert deployed.state_resources() == []
