@@ -1,7 +1,10 @@
-# Two commands do all the set-up on a fresh machine (Python 3.11 and make are the only prerequisites):
-#   make demo   the batch flow on embedded defaults (SQLite, a local store, a local Dask cluster)
-#   make test   environment + lint (ruff, mypy) + the whole test suite
-# uv comes from PyPI when it isn't on PATH; every other package comes from uv.lock.
+# Two commands do all the set-up on a fresh machine:
+#   make demo   the batch flow on embedded defaults (SQLite, a local store, a local Dask cluster);
+#               needs Python 3.11 and make only
+#   make test   environment + lint (ruff, mypy) + the whole test suite; also needs Go (the engine
+#               tools are built from Go modules on first use, cached outside the clone) and apt-get
+#               (prometheus and docker-registry for the monitoring and promotion tests)
+# uv comes from PyPI when it isn't on PATH; every other Python package comes from uv.lock.
 
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 UV_VERSION := 0.13.9
