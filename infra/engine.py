@@ -7,7 +7,8 @@ language-host protocol in this process and starts the real ``pulumi`` CLI with `
 CLI, the engine, the Kubernetes provider, the state backend and the program
 (:func:`infra.program.main`) are the real ones; only the language-host process is the SDK's.
 
-The work directory holds ``Pulumi.yaml`` and ``Pulumi.<stack>.yaml``, so the stack config is read
+The work directory holds ``Pulumi.yaml``, its ``main`` (the CLI checks that ``infra/`` exists; a copy
+of the stack files can link the repository's) and ``Pulumi.<stack>.yaml``, so the stack config is read
 from the stack file exactly as ``pulumi up`` would read it, and secrets set here are encrypted into
 that file by the stack's secrets provider (the passphrase one with a file backend).
 
@@ -24,7 +25,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pulumi import automation as auto
 
@@ -71,7 +72,9 @@ def open_stack(
 
 def preview(stack: auto.Stack, *, diff: bool = True, stream: bool = True) -> auto.PreviewResult:
     """``pulumi preview [--diff]``: the text in ``stdout``, the counts per operation in ``change_summary``."""
-    return stack.preview(diff=diff, color="never", on_output=_echo(stream))
+    return stack.preview(
+        diff=diff, color="never", on_output=_echo(stream, sys.stdout), on_error=_echo(stream, sys.stderr)
+    )
 
 
 def planned_steps(stack: auto.Stack) -> dict[str, dict[str, Any]]:
@@ -88,20 +91,26 @@ def resource_key(urn: str) -> str:
     return f"{qualified_type.rsplit('$', 1)[-1]}::{name}"
 
 
-def up(stack: auto.Stack, *, stream: bool = True, **kwargs: object) -> auto.UpResult:
-    return stack.up(color="never", on_output=_echo(stream), **kwargs)  # type: ignore[arg-type]
+def up(stack: auto.Stack, *, refresh: bool = False, stream: bool = True) -> auto.UpResult:
+    """``pulumi up`` (``--refresh``: read the live objects first, as a drift check does)."""
+    return stack.up(
+        refresh=refresh, color="never", on_output=_echo(stream, sys.stdout), on_error=_echo(stream, sys.stderr)
+    )
 
 
 def refresh(stack: auto.Stack, *, stream: bool = True) -> auto.RefreshResult:
-    return stack.refresh(color="never", on_output=_echo(stream))
+    return stack.refresh(color="never", on_output=_echo(stream, sys.stdout), on_error=_echo(stream, sys.stderr))
 
 
 def destroy(stack: auto.Stack, *, stream: bool = True) -> auto.DestroyResult:
-    return stack.destroy(color="never", on_output=_echo(stream))
+    return stack.destroy(color="never", on_output=_echo(stream, sys.stdout), on_error=_echo(stream, sys.stderr))
 
 
-def _echo(stream: bool) -> auto.OnOutput | None:
-    return (lambda line: print(line, end="" if line.endswith("\n") else "\n", flush=True)) if stream else None
+def _echo(stream: bool, to: TextIO) -> auto.OnOutput | None:
+    """Echo the CLI's output as it comes (a rollout can take minutes)."""
+    if not stream:
+        return None
+    return lambda line: print(line, end="" if line.endswith("\n") else "\n", file=to, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,12 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.backend:
         parser.error("no state backend: pass --backend or set PULUMI_BACKEND_URL")
-    stack = open_stack(args.stack, work_dir=args.work_dir, bin_dir=args.bin or build_tools(), backend=args.backend)
+    secrets = {}
     for item in args.secret_env:
         key, _, var = item.partition("=")
-        if var not in os.environ:
-            parser.error(f"--secret-env {item}: environment variable {var!r} is not set")
-        stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(os.environ[var], secret=True))
+        if not key or var not in os.environ:
+            parser.error(f"--secret-env {item}: expected KEY=VAR with the environment variable VAR set")
+        secrets[key] = os.environ[var]
+    stack = open_stack(args.stack, work_dir=args.work_dir, bin_dir=args.bin or build_tools(), backend=args.backend)
+    for key, value in secrets.items():
+        stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(value, secret=True))
     try:
         commands: dict[str, Callable[[auto.Stack], object]] = {
             "preview": preview,
@@ -135,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "destroy": destroy,
         }
         commands[args.command](stack)
-    except auto.CommandError as exc:
-        print(exc, file=sys.stderr)
+    except auto.CommandError:
+        print(f"pulumi {args.command} failed (its output is above)", file=sys.stderr)
         return 1
     return 0
 
