@@ -31,8 +31,7 @@ lint: env
 	$(VENV)/bin/mypy ml infra policy bootstrap
 
 test: lint engine-tools
-	scripts/install-registry
-	scripts/install-test-engines
+	scripts/install-test-servers
 	$(VENV)/bin/pytest -q
 
 # The real Pulumi CLI, YAML language host, Kubernetes provider and a local control plane, built from

@@ -1,7 +1,7 @@
 """Where the monitoring tests find their engines: Debian's ``prometheus`` and ``promtool``, and the
 Prometheus Operator's CRD schemas from its Go module at a pinned version.
 
-``scripts/install-test-engines`` (run by ``make test``) installs the binaries; a missing one is a
+``scripts/install-test-servers`` (run by ``make test``) installs the binaries; a missing one is a
 set-up error that says so, never a skip.
 """
 
@@ -25,7 +25,7 @@ installs (:mod:`infra.k8s.prometheus_stack`); ``go mod download`` caches it in t
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise RuntimeError(f"{name} is not installed: run scripts/install-test-engines (make test does)")
+        raise RuntimeError(f"{name} is not installed: run scripts/install-test-servers (make test does)")
     return path
 
 

@@ -1,4 +1,4 @@
-"""A real OCI registry on 127.0.0.1 (the CNCF distribution registry, ``scripts/install-registry``) and
+"""A real OCI registry on 127.0.0.1 (the CNCF distribution registry, ``scripts/install-test-servers``) and
 a real image to put in it.
 
 Each :func:`registry_server` is one registry process with its own storage directory: two of them
@@ -34,7 +34,7 @@ def registry_server(storage: Path) -> Iterator[str]:
     """Run a registry storing under ``storage``; yields its ``127.0.0.1:<port>`` host."""
     binary = shutil.which(REGISTRY_BINARY)
     if binary is None:
-        raise RuntimeError(f"{REGISTRY_BINARY} is not installed; run scripts/install-registry (make test does)")
+        raise RuntimeError(f"{REGISTRY_BINARY} is not installed; run scripts/install-test-servers (make test does)")
     port = free_port()
     storage.mkdir(parents=True, exist_ok=True)
     config = storage / "config.yml"
