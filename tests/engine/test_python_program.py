@@ -305,6 +305,20 @@ def test_secrets_stay_encrypted_in_the_stack_file_and_the_state(deployed: Deploy
         assert value in deployed_values
 
 
+def test_the_command_line_previews_the_deployed_stack_as_unchanged(deployed: Deployed) -> None:
+    args = ["--stack", STACK, "--work-dir", str(deployed.work_dir), "--backend", f"file://{deployed.state}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.engine", "preview", *args],
+        cwd=ROOT,
+        env=deployed.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(deployed.state_resources())} unchanged" in proc.stdout
+
+
 def test_destroy_removes_everything_namespace_included(deployed: Deployed) -> None:
     resources = len(deployed.state_resources())
     result = deployed.stack.destroy()
