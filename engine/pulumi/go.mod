@@ -1,6 +1,7 @@
 // The Pulumi CLI. The Python language host module
 // (github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3) is not served by the Go
-// module proxy (see docs/engine.md), so the engine runs YAML programs (engine/yaml).
+// module proxy (see docs/engine.md); infra/engine.py runs the program through the Automation API,
+// which needs no language host.
 module purchase-classifier/engine/pulumi
 
 go 1.26.0
