@@ -64,8 +64,9 @@ class ControlPlane:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": f"{self.bin}:{os.environ['PATH']}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def control_plane(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane per test module: no other module's objects in its namespace."""
     plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), engine_bin)
     script = str(ENGINE / "control-plane")
     env = {**os.environ, "ENGINE_BIN": str(engine_bin)}
@@ -79,7 +80,7 @@ def control_plane(engine_bin: Path, tmp_path_factory: pytest.TempPathFactory) ->
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from pulumi import automation as auto
 from infra import engine
 from infra.mockrun import run_stack
 from infra.render import is_kubernetes_object
-from tests.engine.conftest import ENGINE, ROOT, ControlPlane, build_tools
+from tests.engine.conftest import ROOT, ControlPlane, build_tools
 from tests.support.registry import build_and_push_image, registry_server
 
 pytestmark = pytest.mark.slow
@@ -102,27 +101,15 @@ class Deployed:
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A control plane of this module's own: no other module's objects in its namespace."""
-    bin_dir = build_tools("cluster")
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), bin_dir)
-    script = str(ENGINE / "control-plane")
-    env = {**os.environ, "ENGINE_BIN": str(bin_dir)}
-    subprocess.run([script, "start", str(plane.dir)], check=True, env=env, timeout=300)
-    try:
-        yield plane
-    finally:
-        subprocess.run([script, "stop", str(plane.dir)], check=True, env=env, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with registry_server(tmp_path_factory.mktemp("registry")) as host:
         yield host
 
 
 @pytest.fixture(scope="module")
-def deployed(plane: ControlPlane, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+def deployed(
+    control_plane: ControlPlane, registry: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployed]:
     base = tmp_path_factory.mktemp("python-program")
     work_dir = base / "project"
     work_dir.mkdir()
@@ -130,14 +117,14 @@ def deployed(plane: ControlPlane, registry: str, tmp_path_factory: pytest.TempPa
         shutil.copy(ROOT / name, work_dir / name)
     (work_dir / "infra").symlink_to(ROOT / "infra")  # Pulumi.yaml's `main`; the CLI checks it exists
     (base / "state").mkdir()
-    env = {**plane.env(), "PULUMI_HOME": str(base / "home"), "PULUMI_CONFIG_PASSPHRASE": "engine-tests"}
+    env = {**control_plane.env(), "PULUMI_HOME": str(base / "home"), "PULUMI_CONFIG_PASSPHRASE": "engine-tests"}
     stack = engine.open_stack(
         STACK, work_dir=work_dir, bin_dir=build_tools(), backend=f"file://{base / 'state'}", env=env
     )
     repository = f"{registry}/{PROJECT}"
     stack.set_config(f"{PROJECT}:registry", auto.ConfigValue(repository))
     stack.set_config(f"{PROJECT}:cluster.context", auto.ConfigValue("local"), path=True)
-    secrets = {**SECRETS, "kubeconfig": plane.kubeconfig.read_text()}
+    secrets = {**SECRETS, "kubeconfig": control_plane.kubeconfig.read_text()}
     for key, value in secrets.items():
         stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(value, secret=True))
     first, promoted = (build_and_push_image(registry, PROJECT, content=f"build {n}\n".encode()).digest for n in (1, 2))
