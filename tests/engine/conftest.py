@@ -3,7 +3,7 @@ local control plane (``engine/control-plane``). Nothing here is mocked.
 
 - ``engine_bin``: the directory of the built binaries. A machine without them builds them here,
   through the same script as ``make engine-tools`` (tens of minutes cold, cached afterwards).
-- ``control_plane``: one control plane for the session (etcd, API server with Pod Security
+- ``control_plane``: one control plane per test module (etcd, API server with Pod Security
   admission, controller manager, scheduler, kwok fake nodes), stopped at the end.
 - ``kubectl``: runs the built kubectl against it.
 """
