@@ -154,7 +154,8 @@ def test_shadow_scores_every_record_with_the_candidate_and_answers_from_latest(
     for role, version in (("latest", latest), ("candidate", candidate)):
         assert metric(text, "confidence_count", model_version=version, role=role) >= served
         assert metric(text, "model_call_duration_seconds_count", model_version=version, role=role) > 0
-        assert metric(text, "review_share", model_version=version, role=role) >= 0
+        assert f'{PREFIX}_review_share{{model_version="{version}",role="{role}"}}' in text  # metric() says 0 if absent
+        assert 0 <= metric(text, "review_share", model_version=version, role=role) <= 1
     assert metric(text, "candidate_ready") == 1
     assert f'{PREFIX}_candidate_info{{mode="shadow",version="{candidate}"}} 1.0' in text
 
