@@ -56,6 +56,10 @@ PINNED = ("scikit-learn", "pandas", "numpy", "scipy", "joblib")
 MLSERVER_PACKAGES = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0")
 
 
+#: One endpoint to load: the target's name in the table, the URL path, the request bodies, the answer check.
+Endpoint = tuple[str, str, list[bytes], Callable[[bytes], bool]]
+
+
 @dataclass
 class Row:
     target: str
@@ -465,39 +469,27 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print_table(rows)
 
+        def load_each_concurrency(
+            server: subprocess.Popen[bytes],
+            port: int,
+            endpoints: list[Endpoint],
+        ) -> None:
+            """Load each (target, path, bodies, check) of one server at every concurrency, printing each row."""
+            for c in args.concurrency:
+                for target, path, bodies, ok in endpoints:
+                    rows.append(run_load(target, server, port, path, bodies, ok, c, args.requests, args.warmup))
+                    print_table(rows[-1:], header_too=False)
+
+        v1_bodies = [v1_body(r) for r in records]
         port = free_port()
         ours = start_ours(store, port, RESULTS / "serve.log")
         try:
-            for c in args.concurrency:
-                rows.append(
-                    run_load(
-                        "this service, POST /v1/classify",
-                        ours,
-                        port,
-                        "/v1/classify",
-                        [v1_body(r) for r in records],
-                        ok_v1,
-                        c,
-                        args.requests,
-                        args.warmup,
-                    )
+            endpoints: list[Endpoint] = [("this service, POST /v1/classify", "/v1/classify", v1_bodies, ok_v1)]
+            if args.with_v2:
+                endpoints.append(
+                    ("this service, V2 infer", f"/v2/models/{MODEL}/infer", [v2_body(r) for r in records], ok_v2)
                 )
-                print_table(rows[-1:], header_too=False)
-                if args.with_v2:
-                    rows.append(
-                        run_load(
-                            "this service, V2 infer",
-                            ours,
-                            port,
-                            f"/v2/models/{MODEL}/infer",
-                            [v2_body(r) for r in records],
-                            ok_v2,
-                            c,
-                            args.requests,
-                            args.warmup,
-                        )
-                    )
-                    print_table(rows[-1:], header_too=False)
+            load_each_concurrency(ours, port, endpoints)
         finally:
             stop(ours)
 
@@ -506,21 +498,11 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             shadowed = start_ours(Path(tmp) / "shadow-store", port, RESULTS / "serve-shadow.log", "shadow")
             try:
-                for c in args.concurrency:
-                    rows.append(
-                        run_load(
-                            "this service in shadow mode, POST /v1/classify",
-                            shadowed,
-                            port,
-                            "/v1/classify",
-                            [v1_body(r) for r in records],
-                            ok_v1,
-                            c,
-                            args.requests,
-                            args.warmup,
-                        )
-                    )
-                    print_table(rows[-1:], header_too=False)
+                load_each_concurrency(
+                    shadowed,
+                    port,
+                    [("this service in shadow mode, POST /v1/classify", "/v1/classify", v1_bodies, ok_v1)],
+                )
             finally:
                 stop(shadowed)
 
@@ -542,21 +524,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 try:
                     bodies = [v2_body(r, ["predict_proba"]) for r in records]
-                    for c in args.concurrency:
-                        rows.append(
-                            run_load(
-                                "MLServer 1.7.1 sklearn, V2 predict_proba",
-                                mls,
-                                port,
-                                f"/v2/models/{MODEL}/infer",
-                                bodies,
-                                ok_v2,
-                                c,
-                                args.requests,
-                                args.warmup,
-                            )
-                        )
-                        print_table(rows[-1:], header_too=False)
+                    load_each_concurrency(
+                        mls,
+                        port,
+                        [("MLServer 1.7.1 sklearn, V2 predict_proba", f"/v2/models/{MODEL}/infer", bodies, ok_v2)],
+                    )
                 finally:
                     stop(mls)
 
