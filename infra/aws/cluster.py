@@ -13,6 +13,7 @@ support, so an unsupported version is upgraded by AWS instead of billed as exten
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -167,33 +168,26 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
 
-        admin_entries = []
-        for i, arn in enumerate(cfg.admin_role_arns):
-            entry = aws.eks.AccessEntry(
-                f"{name}-admin-{i}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=child
-            )
-            admin_entries.append(entry)
-            aws.eks.AccessPolicyAssociation(
-                f"{name}-admin-{i}",
-                cluster_name=cluster.name,
-                principal_arn=arn,
-                policy_arn=ADMIN_ACCESS_POLICY,
-                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
-            )
+        def access_entries(role: str, arns: Sequence[str], policy_arn: str) -> list[aws.eks.AccessEntry]:
+            """One access entry per role ARN, each granted ``policy_arn`` on the whole cluster."""
+            entries = []
+            for i, arn in enumerate(arns):
+                entry = aws.eks.AccessEntry(
+                    f"{name}-{role}-{i}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=child
+                )
+                entries.append(entry)
+                aws.eks.AccessPolicyAssociation(
+                    f"{name}-{role}-{i}",
+                    cluster_name=cluster.name,
+                    principal_arn=arn,
+                    policy_arn=policy_arn,
+                    access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
+                )
+            return entries
 
-        for i, arn in enumerate(cfg.viewer_role_arns):
-            viewer = aws.eks.AccessEntry(
-                f"{name}-viewer-{i}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=child
-            )
-            aws.eks.AccessPolicyAssociation(
-                f"{name}-viewer-{i}",
-                cluster_name=cluster.name,
-                principal_arn=arn,
-                policy_arn=VIEW_ACCESS_POLICY,
-                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[viewer]),
-            )
+        admin_entries = access_entries("admin", cfg.admin_role_arns, ADMIN_ACCESS_POLICY)
+        access_entries("viewer", cfg.viewer_role_arns, VIEW_ACCESS_POLICY)
 
         def addon(addon_name: str, depends_on: list[pulumi.Resource], **extra: Any) -> aws.eks.Addon:
             return aws.eks.Addon(
