@@ -38,7 +38,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -173,19 +173,11 @@ def _children(body: bytes, media_type: str) -> tuple[list[str], list[str]]:
     raise RegistryError(f"unsupported manifest media type {media_type!r} (want an OCI or Docker v2 image)")
 
 
-def _has_blob(client: DXF, digest: str) -> bool:
+def _exists(probe: Callable[[str], object], digest: str) -> bool:
+    """Whether ``probe`` (a HEAD-style client call: ``blob_size``, ``head_manifest_and_response``)
+    finds ``digest``; a 404 means absent, any other error propagates."""
     try:
-        client.blob_size(digest)
-    except requests.HTTPError as exc:
-        if _status(exc) == 404:
-            return False
-        raise
-    return True
-
-
-def _has_manifest(client: DXF, digest: str) -> bool:
-    try:
-        client.head_manifest_and_response(digest)
+        probe(digest)
     except requests.HTTPError as exc:
         if _status(exc) == 404:
             return False
@@ -218,7 +210,7 @@ class CopyResult:
 
 
 def _copy(source: DXF, target: DXF, digest: str, source_name: str, moved: CopyResult) -> None:
-    if _has_manifest(target, digest):
+    if _exists(target.head_manifest_and_response, digest):
         return
     try:
         body, media_type = _fetch_manifest(source, digest)
@@ -230,7 +222,7 @@ def _copy(source: DXF, target: DXF, digest: str, source_name: str, moved: CopyRe
     for child in manifests:
         _copy(source, target, child, source_name, moved)
     for blob in blobs:
-        if _has_blob(target, blob):
+        if _exists(target.blob_size, blob):
             continue
         # Streamed, and verified against its digest while streaming.
         chunks, size = cast("tuple[Iterable[bytes], int]", source.pull_blob(blob, size=True))
@@ -281,7 +273,7 @@ def check_serves(repo: Repository, digest: str) -> None:
                 raise
             manifests, blobs = _children(body, media_type)
             pending.extend(manifests)
-            missing = [blob for blob in blobs if not _has_blob(client, blob)]
+            missing = [blob for blob in blobs if not _exists(client.blob_size, blob)]
             if missing:
                 raise RegistryError(f"{repo} serves manifest {current} but lacks blob(s) {', '.join(missing)}")
     except (requests.RequestException, DXFError) as exc:
