@@ -13,6 +13,7 @@ kinds only exist where the Prometheus Operator runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -332,34 +333,22 @@ class MonitoringObjects(pulumi.ComponentResource):
     ) -> None:
         super().__init__("purchase-classifier:k8s:Monitoring", name, None, opts)
         child = pulumi.ResourceOptions(parent=self, depends_on=after)
-        for index, component in enumerate((SERVING, SCHEDULER)):
-            monitor = ctx.apply(partial(_nth_service_monitor, index))
+        custom_objects: tuple[tuple[str, str, Callable[[Context], Obj]], ...] = (
+            (SERVING, "ServiceMonitor", partial(_nth_service_monitor, 0)),
+            (SCHEDULER, "ServiceMonitor", partial(_nth_service_monitor, 1)),
+            (WORKER, "PodMonitor", build_worker_pod_monitor),
+            ("alerts", "PrometheusRule", build_prometheus_rule),
+        )
+        for suffix, kind, build in custom_objects:
+            obj = ctx.apply(build)
             k8s.apiextensions.CustomResource(
-                f"{name}-{component}",
+                f"{name}-{suffix}",
                 api_version=MONITORING_API,
-                kind="ServiceMonitor",
-                metadata=monitor["metadata"],
-                spec=monitor["spec"],
+                kind=kind,
+                metadata=obj["metadata"],
+                spec=obj["spec"],
                 opts=child,
             )
-        pod_monitor = ctx.apply(build_worker_pod_monitor)
-        k8s.apiextensions.CustomResource(
-            f"{name}-{WORKER}",
-            api_version=MONITORING_API,
-            kind="PodMonitor",
-            metadata=pod_monitor["metadata"],
-            spec=pod_monitor["spec"],
-            opts=child,
-        )
-        rule = ctx.apply(build_prometheus_rule)
-        k8s.apiextensions.CustomResource(
-            f"{name}-alerts",
-            api_version=MONITORING_API,
-            kind="PrometheusRule",
-            metadata=rule["metadata"],
-            spec=rule["spec"],
-            opts=child,
-        )
         dashboard = ctx.apply(build_dashboard_configmap)
         k8s.core.v1.ConfigMap(f"{name}-dashboard", metadata=dashboard["metadata"], data=dashboard["data"], opts=child)
         self.register_outputs({})
