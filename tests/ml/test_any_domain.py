@@ -9,9 +9,6 @@ every row, exported in Windows-1252 as hospital systems often do.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ from ml.features import build_preprocessor, is_validation
 from ml.jobs.evaluate import leave_one_group_out
 from ml.model import build_baseline, fit_model
 from ml.registry import HASH_SPLIT_ESTIMATE, ModelRegistry
+from tests.ml.test_train import ml  # the CLI as a process, without a Dask scheduler
 
 #: category -> (ways a line names the kind of device, manufacturers that make it)
 DEVICES = {
@@ -55,11 +53,6 @@ def device_records(n: int, seed: int, prefix: str) -> pd.DataFrame:
             words.append("Ø" + str(rng.integers(5, 40)) + "MM")  # a Windows-1252-only character
         rows.append((f"{prefix}-{i:05d}", " ".join(words), "", maker, "", category))
     return pd.DataFrame(rows, columns=schema.LABELED_COLUMNS)
-
-
-def ml(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": ""}
-    return subprocess.run([sys.executable, "-m", "ml", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow
