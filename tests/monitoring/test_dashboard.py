@@ -33,6 +33,7 @@ def exported_names() -> set[str]:
 
 
 def as_prometheus_query(expr: str) -> str:
+    """What Grafana sends: its variables replaced (a 1m rate window covers many scrapes)."""
     return expr.replace("$namespace", "purchase-classifier").replace("$__rate_interval", "1m")
 
 

@@ -28,12 +28,13 @@ import yaml
 
 from infra.config import Monitoring
 from infra.k8s.common import SCHEDULER, SERVING, WORKER
-from infra.k8s.monitoring import DASHBOARD_DIR, DASHBOARD_FILE, alerts, rule_groups
+from infra.k8s.monitoring import alerts, rule_groups
 from ml.reference import PROFILE_KEY, review_share
 from ml.registry import ModelRegistry
 from ml.schema import CATEGORY
 from tests.ml.serve_fixtures import MODEL, Server, start_server, tiny_data
 from tests.monitoring.engines import prometheus_binary
+from tests.monitoring.test_dashboard import PANELS, as_prometheus_query
 from tests.support.ports import free_port
 
 __all__ = ["tiny_data"]  # a fixture this module uses
@@ -328,19 +329,7 @@ def test_every_alert_rule_evaluates_and_none_fires_on_a_healthy_stack(
 METRIC_NAME = re.compile(r"\b(purchase_classifier_serve_\w+|dask_\w+)\b")
 
 
-def dashboard_targets() -> list[tuple[str, str]]:
-    dashboard = json.loads((DASHBOARD_DIR / DASHBOARD_FILE).read_text())
-    return [
-        (panel["title"], target["expr"])
-        for panel in dashboard["panels"]
-        if panel["type"] != "row"
-        for target in panel["targets"]
-    ]
-
-
-def as_prometheus_query(expr: str) -> str:
-    """What Grafana sends: its variables replaced (the rate window covers many 2 s scrapes)."""
-    return expr.replace("$namespace", NAMESPACE).replace("$__rate_interval", "1m")
+DASHBOARD_TARGETS = [(panel["title"], target["expr"]) for panel in PANELS for target in panel["targets"]]
 
 
 def test_every_dashboard_query_parses_uses_scraped_metrics_and_each_panel_shows_data(
@@ -348,14 +337,14 @@ def test_every_dashboard_query_parses_uses_scraped_metrics_and_each_panel_shows_
 ) -> None:
     monitored.eventually(f'sum(purchase_classifier_serve_requests_total{{namespace="{NAMESPACE}", status="415"}})', 1)
     names = set(httpx.get(f"{monitored.prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"])
-    for title, expr in dashboard_targets():
+    for title, expr in DASHBOARD_TARGETS:
         referenced = set(METRIC_NAME.findall(expr))
         assert referenced, f"{title}: no metric of the service or of Dask in {expr}"
         assert referenced <= names, f"{title}: {sorted(referenced - names)} are not scraped"
     deadline = time.monotonic() + 60
     while True:
         panels_with_data: dict[str, bool] = {}
-        for title, expr in dashboard_targets():
+        for title, expr in DASHBOARD_TARGETS:
             result = monitored.query(as_prometheus_query(expr))  # a parse error fails here
             panels_with_data[title] = panels_with_data.get(title, False) or bool(result)
         empty = [title for title, shown in panels_with_data.items() if not shown]
