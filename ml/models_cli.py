@@ -17,7 +17,7 @@ from ml.settings import add_model_name_argument, add_store_argument
 def list_versions(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.store, args.model_name)
     versions = registry.versions()
-    latest, candidate = registry.latest_version(), registry.candidate_version()
+    latest, candidate = registry.pointed_versions()
     if args.json:
         print(
             json.dumps(

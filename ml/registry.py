@@ -217,8 +217,12 @@ class ModelRegistry:
 
     def candidate_version(self) -> str | None:
         """The version ``CANDIDATE`` names, or None (no pointer, or it names ``LATEST`` mid-promotion)."""
-        candidate = self._pointer(CANDIDATE)
-        return None if candidate is None or candidate == self.latest_version() else candidate
+        return self.pointed_versions()[1]
+
+    def pointed_versions(self) -> tuple[str | None, str | None]:
+        """``LATEST`` and :meth:`candidate_version`, each pointer read once (what a poll needs)."""
+        latest, candidate = self._pointer(LATEST), self._pointer(CANDIDATE)
+        return latest, None if candidate == latest else candidate
 
     def _pointer(self, pointer: str) -> str | None:
         try:

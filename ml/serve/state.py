@@ -87,8 +87,10 @@ class ModelState:
         """
         use_candidate = self.settings.candidate_mode != "off"
         try:
-            latest = self.registry.latest_version()
-            candidate = self.registry.candidate_version() if use_candidate else None
+            if use_candidate:
+                latest, candidate = self.registry.pointed_versions()
+            else:
+                latest, candidate = self.registry.latest_version(), None
         except Exception as exc:  # the store is unreachable: keep serving what we have
             self._fail(None, "latest", f"cannot read the model pointers from {self.settings.store}: {exc}")
             return False
