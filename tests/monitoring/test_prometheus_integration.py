@@ -73,7 +73,7 @@ def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"{process.args} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"{process.args!r} exited {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -207,7 +207,7 @@ def traffic(monitored: Monitored) -> dict[str, Any]:
     """Classify ``REQUESTS`` × ``RECORDS_PER_REQUEST`` records and send one non-JSON request."""
     records = monitored.records.drop(columns=[CATEGORY]).head(REQUESTS * RECORDS_PER_REQUEST).copy()
     # Text the model never saw in the last request: low confidence, so the review path is exercised.
-    records.iloc[-RECORDS_PER_REQUEST:, records.columns.get_loc("description")] = [
+    records.loc[records.index[-RECORDS_PER_REQUEST:], "description"] = [
         f"QXZ {i} VRRK PLOM" for i in range(RECORDS_PER_REQUEST)
     ]
     results: list[dict[str, Any]] = []
