@@ -343,23 +343,24 @@ def network_policy_enforced(resource_type: str, props: Props) -> list[str]:
     return []
 
 
-def _imds_problems(options: Any, hop_key: str) -> list[str]:
+def _imds_problems(options: Any) -> list[str]:
     if not isinstance(options, Mapping):
         return ["metadataOptions missing (default allows IMDSv1 or a hop limit of 2)"]
     out = []
     if options.get("httpTokens") != "required":
         out.append(f"metadataOptions.httpTokens is {options.get('httpTokens')!r}, must be 'required' (IMDSv2)")
-    if options.get(hop_key) != 1:
-        out.append(f"metadataOptions.{hop_key} is {options.get(hop_key)!r}, must be 1")
+    hops = options.get("httpPutResponseHopLimit")
+    if hops != 1:
+        out.append(f"metadataOptions.httpPutResponseHopLimit is {hops!r}, must be 1")
     return out
 
 
 def nodes_imdsv2_hop_limit_1(resource_type: str, props: Props) -> list[str]:
     """Nodes answer only IMDSv2 and only one hop away: pods cannot read the node role's credentials."""
     if resource_type == LAUNCH_TEMPLATE:
-        return _imds_problems(props.get("metadataOptions"), "httpPutResponseHopLimit")
+        return _imds_problems(props.get("metadataOptions"))
     if resource_type == KARPENTER_NODE_CLASS:
-        return _imds_problems(_dig(props, ("spec", "metadataOptions")), "httpPutResponseHopLimit")
+        return _imds_problems(_dig(props, ("spec", "metadataOptions")))
     if resource_type == EKS_NODE_GROUP and not props.get("launchTemplate"):
         return ["node group has no launch template (EKS's default allows a metadata hop limit of 2)"]
     return []
