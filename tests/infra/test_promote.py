@@ -38,6 +38,7 @@ from infra.promote import (
     registry_of,
     set_digest,
 )
+from tests.support.aws_api import moto_server
 from tests.support.ports import free_port
 from tests.support.registry import Image, build_and_push_image, push_index, registry_server
 
@@ -421,16 +422,11 @@ def test_registry_login_comes_from_the_docker_config(tmp_path: Path, monkeypatch
 def test_an_ecr_login_is_stored_for_a_later_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The promotion workflow logs in to the source account's ECR, then assumes the target's role:
     # the stored login must be what the copy later finds. ECR's API here is moto's server.
-    from moto.server import ThreadedMotoServer
-
     from infra.oci import main as oci_main
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
+    with moto_server() as endpoint:
         for key, value in {
-            "AWS_ENDPOINT_URL_ECR": f"http://{host}:{port}",
+            "AWS_ENDPOINT_URL_ECR": endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "DOCKER_CONFIG": str(tmp_path / "docker"),
@@ -444,8 +440,6 @@ def test_an_ecr_login_is_stored_for_a_later_step(tmp_path: Path, monkeypatch: py
         assert username == "AWS" and password
         assert oci_main(["login", "registry.example:5000"]) == EXIT_REFUSED
         assert set(json.loads(config.read_text())["auths"]) == {registry}
-    finally:
-        server.stop()
 
 
 def test_an_ecr_registry_without_aws_credentials_is_refused_clearly(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from infra.reach import main
+from tests.support.aws_api import moto_server
 from tests.support.ports import free_port
 
 
@@ -70,16 +71,9 @@ def test_before_the_first_deploy_there_is_nothing_to_reach(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # EKS's API here is moto's server, which (like AWS) answers ResourceNotFound for pc-staging.
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", f"http://{host}:{port}")
+    with moto_server() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", endpoint)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         assert main(["--stack", "staging"]) == 0
         assert "stack 'staging' has no cluster yet" in capsys.readouterr().out
-    finally:
-        server.stop()

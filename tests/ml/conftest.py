@@ -13,9 +13,9 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
 
 from ml.registry import ModelRegistry
+from tests.support.aws_api import moto_server
 from tests.support.dask_processes import DaskProcesses
 
 
@@ -44,21 +44,17 @@ def store_with_model(tmp_path: Path, trained_model) -> Callable[..., ModelRegist
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     """A real S3 API server (moto's) on 127.0.0.1; boto3/s3fs reach it through AWS_ENDPOINT_URL."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    patch = pytest.MonkeyPatch()
-    for key, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        patch.setenv(key, value)
-    yield endpoint
-    patch.undo()
-    server.stop()
+    with moto_server() as endpoint:
+        patch = pytest.MonkeyPatch()
+        for key, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            patch.setenv(key, value)
+        yield endpoint
+        patch.undo()
 
 
 @pytest.fixture
