@@ -130,6 +130,16 @@ def endpoint_port(url: str | None) -> int | None:
 # --------------------------------------------------------------------------- labels and metadata
 
 
+def pod_security_labels(kubernetes_version: str, enforce: str, audit: str) -> dict[str, str]:
+    """Pod Security Admission labels of a namespace: ``enforce`` rejects pods, ``audit`` and ``warn``
+    report them; all pinned to the cluster's version (``"1.35"``), not ``latest``, which would change
+    the rules under the pods at a control-plane upgrade."""
+    levels = {"enforce": enforce, "audit": audit, "warn": audit}
+    return {f"pod-security.kubernetes.io/{mode}": level for mode, level in levels.items()} | {
+        f"pod-security.kubernetes.io/{mode}-version": f"v{kubernetes_version}" for mode in levels
+    }
+
+
 def selector_labels(ctx: Context, component: str) -> dict[str, str]:
     """Labels that identify a component's pods; immutable in Deployments, so no version in them."""
     return {

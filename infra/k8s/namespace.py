@@ -32,6 +32,7 @@ from infra.k8s.common import (
     component_selector,
     endpoint_port,
     namespace_labels,
+    pod_security_labels,
 )
 from infra.naming import SERVICE_ACCOUNTS
 
@@ -45,10 +46,7 @@ POD_IDENTITY_AGENT = "169.254.170.23/32"
 
 def build_namespace(name: str, instance: str, kubernetes_version: str) -> Obj:
     """The namespace, its Pod Security level pinned to ``kubernetes_version`` (``"1.35"``)."""
-    psa = {f"pod-security.kubernetes.io/{mode}": PSA_LEVEL for mode in ("enforce", "audit", "warn")}
-    psa |= {
-        f"pod-security.kubernetes.io/{mode}-version": f"v{kubernetes_version}" for mode in ("enforce", "audit", "warn")
-    }
+    psa = pod_security_labels(kubernetes_version, enforce=PSA_LEVEL, audit=PSA_LEVEL)
     return {
         "apiVersion": "v1",
         "kind": "Namespace",

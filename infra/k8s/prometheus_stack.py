@@ -21,7 +21,7 @@ import pulumi_kubernetes as k8s
 
 from infra.aws.karpenter import POOL_LABEL
 from infra.config import PROMETHEUS_STACK_RELEASE, Monitoring
-from infra.k8s.common import Obj
+from infra.k8s.common import Obj, pod_security_labels
 from infra.k8s.monitoring import DASHBOARD_LABEL
 
 CHART_REPOSITORY = "oci://ghcr.io/prometheus-community/charts"
@@ -64,14 +64,7 @@ RESOURCES: dict[str, Obj] = {
 
 def build_namespace(namespace: str, kubernetes_version: str) -> Obj:
     """The monitoring namespace, its Pod Security levels pinned to the cluster's version."""
-    labels = {
-        "pod-security.kubernetes.io/enforce": PSA_ENFORCE,
-        "pod-security.kubernetes.io/audit": PSA_AUDIT,
-        "pod-security.kubernetes.io/warn": PSA_AUDIT,
-    }
-    labels |= {
-        f"pod-security.kubernetes.io/{mode}-version": f"v{kubernetes_version}" for mode in ("enforce", "audit", "warn")
-    }
+    labels = pod_security_labels(kubernetes_version, enforce=PSA_ENFORCE, audit=PSA_AUDIT)
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}}
 
 
