@@ -1,5 +1,8 @@
 // The Kubernetes provider. Its module is untagged; the Go module proxy serves one pseudo-version
-// (the commit of 2026-01-15), the closest it has to the locked pulumi-kubernetes SDK.
+// (the commit of 2026-01-15), the closest it has to the locked pulumi-kubernetes SDK. Its release
+// is v4.25.0 (published that week, the release dependants moved to by 2026-01-21; v4.26.0 came
+// on 2026-02-19): `build` stamps the provider with it, so the CLI and SDK compare real versions.
+// release: 4.25.0
 module purchase-classifier/engine/provider
 
 go 1.26.0
