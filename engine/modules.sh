@@ -3,22 +3,26 @@
 # `go list -m -f '{{.Dir}}'` alone prints nothing for a module that is not downloaded yet.
 # ENGINE_RESOLVE_ONLY=1 stops a build after it has resolved its sources (the cold-path test).
 
+shopt -s inherit_errexit  # a failure inside $(...) stops the build too
 family=$(basename "$PWD")
 
 step() { echo "[$family] $*" >&2; }
 
 # The version go.mod pins for a module (read from the module graph, no source needed).
 module_version() {
-    local version
-    version=$(go list -m -f '{{.Version}}' "$1") && [[ -n $version ]] ||
-        { echo "error: $1 is not in engine/$family/go.mod" >&2; return 1; }
-    echo "$version"
+    local out
+    if ! out=$(go list -m -f '{{.Version}}' "$1" 2>&1) || [[ -z $out ]]; then
+        echo "error: cannot resolve $1 pinned in engine/$family/go.mod:" >&2
+        echo "$out" | sed 's/^/  /' >&2
+        return 1
+    fi
+    echo "$out"
 }
 
 # The source directory of a module at its pinned version, downloaded first.
 module_dir() {
     local version dir out
-    version=$(module_version "$1")
+    version=$(module_version "$1") || return 1
     if ! out=$(go mod download -json "$1@$version" 2>&1); then
         echo "error: the Go module proxy did not serve $1@$version:" >&2
         echo "$out" | sed -n 's/.*"Error": "\(.*\)".*/  \1/p' >&2
