@@ -45,3 +45,22 @@ def image_reference(registry: str, digest: str) -> str:
         )
         raise ImageReferenceError(f"image digest {digest!r} is not 'sha256:<64 lowercase hex>'{hint}")
     return f"{registry}@{digest}"
+
+
+DIGEST_TAG_PREFIX = "digest-"
+"""Tags promotion gives images start with this. Not ``sha256-``: that spelling is the OCI referrers
+fallback tag (``sha256-<hex>`` names the index of signatures and attestations *about* an image)."""
+
+
+def digest_tag(digest: str) -> str:
+    """The tag a registry holds a stack's image under: its digest spelled as a tag, ``digest-<hex>``.
+
+    Derived from the digest, so re-promoting the same image writes the same tag (an immutable
+    repository accepts it, or we skip it), and no other image can ever claim it. The ECR lifecycle
+    policy (:mod:`infra.aws.registry`) selects the running image by this tag.
+
+    :raises ImageReferenceError: ``digest`` is not ``sha256:<64 lowercase hex>``.
+    """
+    if not _DIGEST_RE.match(digest):
+        raise ImageReferenceError(f"image digest {digest!r} is not 'sha256:<64 lowercase hex>'")
+    return DIGEST_TAG_PREFIX + digest.removeprefix("sha256:")

@@ -8,7 +8,9 @@ The registry protocol is spoken by python-dxf (a small, long-maintained Docker R
 distribution client). What this module adds is the copy order that keeps the target consistent:
 blobs first (config and layers, streamed and checked against their digests), then child manifests
 of an index, then the manifest itself, pushed *by digest* with its original bytes, so the target
-computes the same digest or rejects the push.
+computes the same digest or rejects the push. Then :func:`tag_image` gives the image a tag there
+(``digest-<hex>``, :func:`infra.images.digest_tag`): a registry's lifecycle rules expire untagged
+images, and an image a stack runs must never be one of them.
 
 Credentials, per registry host, in this order:
 
@@ -46,6 +48,8 @@ from typing import Any, cast
 import requests
 from dxf import DXF, DXFBase
 from dxf.exceptions import DXFError
+
+from infra.images import digest_tag
 
 MANIFEST_TYPES = frozenset(
     {
@@ -251,6 +255,56 @@ def copy_image(source: Repository, target: Repository, digest: str) -> CopyResul
     except (requests.RequestException, DXFError) as exc:
         raise RegistryError(f"copying {source}@{digest} to {target} failed: {_describe(exc)}") from exc
     return moved
+
+
+def _ensure_tag(client: DXF, repo: Repository, tag: str, digest: str, body: bytes) -> bool:
+    """Make ``tag`` name ``digest`` (whose manifest is ``body``); ``True`` when it was written.
+
+    A tag that already names ``digest`` is left alone, so re-promoting never writes to an immutable
+    repository; a tag naming anything else is refused, never moved.
+    """
+    try:
+        _, response = client.get_manifest_and_response(tag)
+    except requests.HTTPError as exc:
+        if _status(exc) != 404:
+            raise
+        client.set_manifest(tag, cast(str, body))  # the exact bytes, as in _copy
+        return True
+    current = "sha256:" + hashlib.sha256(response.content).hexdigest()
+    if current != digest:
+        raise RegistryError(
+            f"{repo}:{tag} names {current}, not {digest}; tags are never moved: find out who pushed it "
+            f"(it was not promotion) and delete it before promoting again"
+        )
+    return False
+
+
+def tag_image(repo: Repository, digest: str) -> list[str]:
+    """Tag the image ``repo@digest``: ``digest-<hex>`` (:func:`~infra.images.digest_tag`), and each
+    manifest of an index ``digest-<hex>.<position>``, so no part of it is an untagged image that a
+    lifecycle rule could expire. Returns the tags written (none on a re-run).
+
+    :raises RegistryError: ``repo`` lacks the manifest, a tag names another digest, or a request fails.
+    """
+    written: list[str] = []
+    try:
+        client = open_repository(repo)
+        pending = [(digest, digest_tag(digest))]
+        while pending:
+            current, tag = pending.pop()
+            try:
+                body, media_type = _fetch_manifest(client, current)
+            except requests.HTTPError as exc:
+                if _status(exc) == 404:
+                    raise RegistryError(f"{repo} has no manifest {current} to tag") from exc
+                raise
+            if _ensure_tag(client, repo, tag, current, body):
+                written.append(tag)
+            children, _ = _children(body, media_type)
+            pending.extend((child, f"{tag}.{position}") for position, child in enumerate(children))
+    except (requests.RequestException, DXFError) as exc:
+        raise RegistryError(f"tagging {repo}@{digest} failed: {_describe(exc)}") from exc
+    return written
 
 
 def check_serves(repo: Repository, digest: str) -> None:

@@ -4,8 +4,10 @@ Prod must run the bytes staging ran. Every stack lives in its own AWS account an
 registry, so promotion does two things, in this order:
 
 1. **the image**: make sure the target stack's registry holds the source digest, copying it registry to
-   registry when it is absent (:mod:`infra.oci`), then check that the target serves that exact digest
-   (manifest bytes and every blob). A digest the target cannot serve is refused and nothing is written;
+   registry when it is absent (:mod:`infra.oci`), tag it there ``digest-<hex>`` (an untagged image
+   is what ECR's lifecycle rules expire; the tag is derived from the digest, so a re-run writes
+   nothing and no tag ever moves), then check that the target serves that exact digest (manifest
+   bytes and every blob). A digest the target cannot serve is refused and nothing is written;
 2. **the digest**: copy exactly one value, the top-level ``purchase-classifier:imageDigest`` of
    ``Pulumi.<from>.yaml``, into ``Pulumi.<to>.yaml`` and nothing else: node sizes, CIDRs and schedules
    are environment-specific and stay where they are. The stack files are edited with ruamel.yaml's
@@ -45,7 +47,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from infra.oci import CopyResult, RegistryError, Repository, check_serves, copy_image
+from infra.images import digest_tag
+from infra.oci import CopyResult, RegistryError, Repository, check_serves, copy_image, tag_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "purchase-classifier"
@@ -75,6 +78,8 @@ class Change:
     """The target registry checked to serve ``new`` (``None`` for a files-only ``--check``)."""
     copied: CopyResult | None = None
     """What was copied into ``registry``; nothing when it already held the image."""
+    tagged: tuple[str, ...] = ()
+    """Tags written in ``registry``; none when the image already had them."""
 
     @property
     def changed(self) -> bool:
@@ -89,6 +94,9 @@ class Change:
             )
         elif self.registry is not None:
             lines.append(f"{self.stack}: {self.registry} already serves {self.new}")
+        if self.registry is not None:
+            state = "tagged" if self.tagged else "already tagged"
+            lines.append(f"{self.stack}: {state} {self.registry}:{digest_tag(self.new)}")
         if not self.changed:
             lines.append(f"{self.stack}: imageDigest already {self.new}; nothing to do")
         else:
@@ -175,20 +183,23 @@ def registry_of(stack: str, root: Path = ROOT, role: str = "the") -> Repository:
         raise PromotionError(f"{path.name}: {exc}") from exc
 
 
-def ensure_image(source: Repository | None, target: Repository, digest: str, stack: str) -> CopyResult:
-    """Copy ``digest`` from ``source`` into ``target`` when absent (``source=None``: no copy), then
-    refuse unless ``target`` serves it.
+def ensure_image(
+    source: Repository | None, target: Repository, digest: str, stack: str
+) -> tuple[CopyResult, list[str]]:
+    """Copy ``digest`` from ``source`` into ``target`` when absent (``source=None``: no copy), refuse
+    unless ``target`` serves it, then tag it there. Returns what was copied and the tags written.
 
-    :raises PromotionError: the copy failed or the target does not serve the digest.
+    :raises PromotionError: the copy or tagging failed, or the target does not serve the digest.
     """
     try:
         copied = copy_image(source, target, digest) if source is not None else CopyResult()
-        check_serves(target, digest)
+        check_serves(target, digest)  # before tagging: only an image the target can serve gets a tag
+        tagged = tag_image(target, digest)
     except RegistryError as exc:
         raise PromotionError(
             f"stack {stack!r} cannot run {digest}: {exc}. Pulumi.{stack}.yaml was not written."
         ) from exc
-    return copied
+    return copied, tagged
 
 
 def _set(config: CommentedMap, digest: str) -> None:
@@ -284,9 +295,9 @@ def record(stack: str, digest: str, root: Path = ROOT, *, source_registry: Repos
     """
     validate_digest(digest, "digest")
     target_registry = registry_of(stack, root, "target")
-    copied = ensure_image(source_registry, target_registry, digest, stack)
+    copied, tagged = ensure_image(source_registry, target_registry, digest, stack)
     change = set_digest(stack, digest, root)
-    return replace(change, registry=target_registry, copied=copied)
+    return replace(change, registry=target_registry, copied=copied, tagged=tuple(tagged))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ import requests
 import yaml
 from dxf import DXF
 
+from infra.images import digest_tag
 from infra.oci import Repository, login_for
 from infra.promote import (
     DIGEST_KEY,
@@ -92,6 +93,34 @@ def _serves(registry: str, digest: str) -> bool:
 @pytest.fixture
 def image(registries: dict[str, str], request: pytest.FixtureRequest) -> Image:
     return _push(registries, "dev", request)
+
+
+def _point(stacks: Path, stack: str, registry: str) -> None:
+    """Make ``stack`` pull from ``registry`` (``host/repository``)."""
+    path = stacks / f"Pulumi.{stack}.yaml"
+    path.write_text(
+        "\n".join(
+            f"  {REGISTRY_KEY}: {registry}" if line.startswith(f"  {REGISTRY_KEY}:") else line
+            for line in path.read_text().splitlines()
+        )
+        + "\n"
+    )
+
+
+def _tags(registry: str) -> dict[str, str]:
+    """Every tag of ``registry`` and the digest of the manifest bytes it serves."""
+    host, name = registry.split("/", 1)
+    listed = requests.get(f"http://{host}/v2/{name}/tags/list", timeout=5)
+    listed.raise_for_status()
+    resolved = {}
+    for tag in listed.json().get("tags") or []:
+        body = requests.get(
+            f"http://{host}/v2/{name}/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"},
+            timeout=5,
+        ).content
+        resolved[tag] = "sha256:" + hashlib.sha256(body).hexdigest()
+    return resolved
 
 
 def _changed_lines(before: str, after: str) -> list[str]:
@@ -380,6 +409,96 @@ def test_record_refuses_a_digest_nobody_pushed(stacks: Path) -> None:
     with pytest.raises(PromotionError, match=rf"does not serve manifest {DIGEST_B}"):
         record("dev", DIGEST_B, stacks)
     assert (stacks / "Pulumi.dev.yaml").read_text() == before
+
+
+# -- the image stays: a tag in the target ---------------------------------------------------------
+
+
+def test_a_promoted_image_is_reachable_by_a_tag_in_the_target(
+    stacks: Path, registries: dict[str, str], image: Image, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_digest("dev", image.digest, stacks)
+    assert digest_tag(image.digest) not in _tags(registries["staging"])
+
+    assert main(["--from", "dev", "--to", "staging", "--root", str(stacks)]) == EXIT_OK
+
+    # The tag list resolves to the promoted digest: the image is no longer untagged in the target.
+    assert _tags(registries["staging"])[digest_tag(image.digest)] == image.digest
+    assert f"staging: tagged {registries['staging']}:{digest_tag(image.digest)}" in capsys.readouterr().out
+    # Promoting on to prod tags it there too; a recorded digest (--digest) is tagged the same way.
+    assert promote("staging", "prod", stacks).tagged == (digest_tag(image.digest),)
+    assert _tags(registries["prod"])[digest_tag(image.digest)] == image.digest
+
+
+def test_every_manifest_of_a_promoted_index_is_tagged(stacks: Path, registries: dict[str, str], image: Image) -> None:
+    host, name = registries["dev"].split("/", 1)
+    index = push_index(host, name, [image])
+    set_digest("dev", index, stacks)
+
+    change = promote("dev", "staging", stacks)
+
+    # The platform image inside the index is tagged too: no part of it is an untagged image.
+    tag = digest_tag(index)
+    assert change.tagged == (tag, f"{tag}.0")
+    tags = _tags(registries["staging"])
+    assert tags[tag] == index and tags[f"{tag}.0"] == image.digest
+
+
+def test_re_promoting_writes_nothing_so_an_immutable_repository_accepts_it(
+    stacks: Path, registries: dict[str, str], image: Image, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    storage = tmp_path_factory.mktemp("immutable-registry")
+    set_digest("dev", image.digest, stacks)
+    with registry_server(storage) as writable:
+        _point(stacks, "staging", f"{writable}/purchase-classifier")
+        first = promote("dev", "staging", stacks)
+        assert first.tagged == (digest_tag(image.digest),)
+        set_digest("staging", DIGEST_B, stacks)  # so the second run has a file change to make
+    # The same storage behind a registry that refuses every write: a promotion that pushed the
+    # manifest or its tag again would fail here, as a push of an existing tag fails on immutable ECR.
+    with registry_server(storage, read_only=True) as frozen:
+        _point(stacks, "staging", f"{frozen}/purchase-classifier")
+        again = promote("dev", "staging", stacks)
+        assert again.copied is not None and (again.copied.manifests, again.copied.blobs) == (0, 0)
+        assert again.tagged == ()
+        assert read_digest("staging", stacks) == image.digest
+        # The read-only server does refuse writes: this test would catch one.
+        host = frozen
+        refused = requests.put(
+            f"http://{host}/v2/purchase-classifier/manifests/other",
+            data=b"{}",
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+            timeout=5,
+        )
+        assert refused.status_code >= 400
+
+
+def test_a_tag_naming_another_digest_is_refused_never_moved(
+    stacks: Path, registries: dict[str, str], image: Image
+) -> None:
+    # Someone pushed other bytes under the tag this image's promotion would write.
+    host, name = registries["staging"].split("/", 1)
+    other = build_and_push_image(host, name, content=b"not what dev built\n")
+    body = requests.get(
+        f"http://{host}/v2/{name}/manifests/{other.digest}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    ).content
+    tag = digest_tag(image.digest)
+    requests.put(
+        f"http://{host}/v2/{name}/manifests/{tag}",
+        data=body,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=5,
+    ).raise_for_status()
+    set_digest("dev", image.digest, stacks)
+    before = (stacks / "Pulumi.staging.yaml").read_text()
+
+    with pytest.raises(PromotionError, match=rf"{tag} names {other.digest}, not {image.digest}; tags are never moved"):
+        promote("dev", "staging", stacks)
+
+    assert _tags(registries["staging"])[tag] == other.digest
+    assert (stacks / "Pulumi.staging.yaml").read_text() == before
 
 
 # -- where each stack's image lives --------------------------------------------------------------

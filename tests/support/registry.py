@@ -2,7 +2,9 @@
 a real image to put in it.
 
 Each :func:`registry_server` is one registry process with its own storage directory: two of them
-stand for two AWS accounts' ECR registries in the promotion tests.
+stand for two AWS accounts' ECR registries in the promotion tests. A ``read_only`` server over the
+storage of another stands for a repository that refuses every write (what an immutable ECR
+repository does to a tag that exists): a client that only reads succeeds there, any write fails.
 """
 
 from __future__ import annotations
@@ -30,28 +32,35 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @contextmanager
-def registry_server(storage: Path) -> Iterator[str]:
-    """Run a registry storing under ``storage``; yields its ``127.0.0.1:<port>`` host."""
+def registry_server(storage: Path, *, read_only: bool = False) -> Iterator[str]:
+    """Run a registry storing under ``storage``; yields its ``127.0.0.1:<port>`` host.
+
+    ``read_only``: the registry's maintenance read-only mode (every push answered with an error),
+    serving what ``storage`` already holds; it may run beside a writable server on the same storage.
+    """
     binary = shutil.which(REGISTRY_BINARY)
     if binary is None:
         raise RuntimeError(f"{REGISTRY_BINARY} is not installed; run scripts/install-test-servers (make test does)")
     port = free_port()
     storage.mkdir(parents=True, exist_ok=True)
-    config = storage / "config.yml"
+    suffix = "-read-only" if read_only else ""
+    config = storage / f"config{suffix}.yml"
+    maintenance = ", maintenance: {readonly: {enabled: true}}" if read_only else ""
     config.write_text(
         "version: 0.1\n"
         "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {storage / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {storage / 'data'}}}, delete: {{enabled: true}}{maintenance}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\n"
     )
-    log = (storage / "registry.log").open("wb")
+    log_path = storage / f"registry{suffix}.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     host = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"registry exited ({proc.returncode}): {(storage / 'registry.log').read_text()}")
+                raise RuntimeError(f"registry exited ({proc.returncode}): {log_path.read_text()}")
             try:
                 if requests.get(f"http://{host}/v2/", timeout=1).status_code == 200:
                     break
