@@ -49,12 +49,15 @@ from ruamel.yaml.comments import CommentedMap
 
 from infra.images import digest_tag
 from infra.oci import CopyResult, RegistryError, Repository, check_serves, copy_image, tag_image
+from infra.provenance import ProvenanceCheck, ProvenanceError, Signer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "purchase-classifier"
 DIGEST_KEY = f"{PROJECT}:imageDigest"
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _STACK_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+BUILD_STACK = "dev"
+"""The stack CI builds images into (deploy-dev.yml); every other stack receives them by promotion."""
 
 # Exit codes: 0 done / in sync, 1 ``--check`` found a difference, 2 refused (bad input, missing file).
 EXIT_OK = 0
@@ -265,10 +268,19 @@ def set_digest(stack: str, digest: str, root: Path = ROOT, *, dry_run: bool = Fa
     return change
 
 
-def promote(source: str, target: str, root: Path = ROOT, *, dry_run: bool = False) -> Change:
+def promote(
+    source: str,
+    target: str,
+    root: Path = ROOT,
+    *,
+    dry_run: bool = False,
+    provenance: ProvenanceCheck | None = None,
+) -> Change:
     """Copy the image of stack ``source`` into ``target``'s registry, then its digest into ``target``.
 
     ``dry_run`` compares the stack files only (no registry is contacted, nothing is written).
+    ``provenance``: refuse, before copying anything, a digest without a verified attestation from the
+    dev build on main (:mod:`infra.provenance`).
 
     :raises PromotionError: same stack twice, source without a (valid) digest, target missing, or a
         target registry that does not serve the digest after the copy (nothing written then).
@@ -278,13 +290,22 @@ def promote(source: str, target: str, root: Path = ROOT, *, dry_run: bool = Fals
     _, _, source_config = _load(source, root, "source")
     digest = _digest_of(source_config)
     if not digest:
+        how = (
+            f"record a build there first (scripts/build-image --stack {source})"
+            if source == BUILD_STACK
+            else f"promote an image into it first (python -m infra promote --from <previous stack> --to {source})"
+        )
         raise PromotionError(
-            f"source stack {source!r} has no image digest ({DIGEST_KEY} is empty): nothing to promote. "
-            f"Record a build there first (scripts/build-image --stack {source}) or promote into it."
+            f"source stack {source!r} has no image digest ({DIGEST_KEY} is empty): nothing to promote; {how}."
         )
     validate_digest(digest, f"source stack {source!r} {DIGEST_KEY}")
     if dry_run:
         return set_digest(target, digest, root, dry_run=True)
+    if provenance is not None:
+        try:
+            provenance.require(digest)
+        except ProvenanceError as exc:
+            raise PromotionError(f"{exc}. Pulumi.{target}.yaml was not written and nothing was copied.") from exc
     return record(target, digest, root, source_registry=registry_of(source, root))
 
 
@@ -321,6 +342,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=ROOT,
         help="directory holding the Pulumi.<stack>.yaml files (default: the repository root)",
     )
+    checked = parser.add_argument_group(
+        "provenance (with --from; all three together): refuse a digest not built by deploy-dev.yml on main"
+    )
+    checked.add_argument("--attestation", type=Path, metavar="FILE", help="the image's Sigstore attestations (JSON)")
+    checked.add_argument("--trusted-root", type=Path, metavar="FILE", help="Sigstore trusted root(s) (JSON lines)")
+    checked.add_argument("--signer-repository", metavar="OWNER/NAME", help="the repository whose workflow must sign")
     parser.set_defaults(func=run)
     return parser
 
@@ -335,11 +362,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return configure_parser(parser)
 
 
+def _provenance_check(args: argparse.Namespace) -> ProvenanceCheck | None:
+    given = [args.attestation, args.trusted_root, args.signer_repository]
+    if not any(given):
+        return None
+    if not all(given) or args.source is None:
+        raise PromotionError("--attestation, --trusted-root and --signer-repository go together, with --from")
+    return ProvenanceCheck(args.attestation, args.trusted_root, Signer(args.signer_repository))
+
+
 def run(args: argparse.Namespace) -> int:
     """Carry out the parsed command; messages go to stdout, refusals to stderr."""
     try:
+        check = _provenance_check(args)
         if args.source is not None:
-            change = promote(args.source, args.target, args.root, dry_run=args.check)
+            change = promote(args.source, args.target, args.root, dry_run=args.check, provenance=check)
         else:
             change = (
                 set_digest(args.target, args.digest, args.root, dry_run=True)
