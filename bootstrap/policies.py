@@ -14,6 +14,19 @@ ci-image-push  dev: ``repo:R:ref:refs/heads/main``;               push and pull 
 ci-image-pull  ``repo:R:environment:<next env>``                 pull this account's image repository
                                                                  (the next stack's promotion reads here)
 ============== ================================================= =====================================
+
+**No escalation through ci-deployer.** The stack needs to create IAM roles (cluster, nodes,
+Karpenter, workloads), and a role that can create roles can make itself an administrator unless two
+things hold, which :func:`deployer_iam_policy` makes conditions of every grant:
+
+- a role the deployer creates or changes lives under :data:`WORKLOAD_ROLE_PATH` and carries the
+  permissions boundary :data:`WORKLOAD_BOUNDARY_NAME` (``iam:PermissionsBoundary`` on CreateRole,
+  Put/Attach/Detach/DeleteRolePolicy and PutRolePermissionsBoundary); nothing removes a boundary;
+- the boundary (:func:`workload_boundary_policy`), the CI roles and the OIDC provider are out of its
+  reach (``ci-*``), so it cannot widen the ceiling it is held to.
+
+Whatever it attaches (even ``AdministratorAccess``) is then capped by the boundary: no IAM beyond
+instance profiles and passing the stack's own roles, no Organizations or account settings.
 """
 
 from __future__ import annotations
@@ -26,6 +39,12 @@ GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
 GITHUB_OIDC_URL = f"https://{GITHUB_OIDC_HOST}"
 STS_AUDIENCE = "sts.amazonaws.com"
 CI_ROLE_PREFIX = "ci-"
+WORKLOAD_ROLE_PATH = "/purchase-classifier/"
+"""Every role the main program creates lives under this path (``role/purchase-classifier/<name>``)."""
+WORKLOAD_BOUNDARY_NAME = f"{CI_ROLE_PREFIX}workload-boundary"
+"""The permissions boundary of those roles; ``ci-`` so the deployer's deny on ``ci-*`` covers it."""
+SPOT_SERVICE = "spot.amazonaws.com"
+SPOT_SERVICE_LINKED_ROLE = "AWSServiceRoleForEC2Spot"
 
 ECR_PULL_ACTIONS = [
     "ecr:BatchCheckLayerAvailability",
@@ -35,34 +54,43 @@ ECR_PULL_ACTIONS = [
 ]
 ECR_PUSH_ACTIONS = ["ecr:CompleteLayerUpload", "ecr:InitiateLayerUpload", "ecr:PutImage", "ecr:UploadLayerPart"]
 
-DEPLOY_IAM_ACTIONS = [
+DEPLOY_BOUNDED_ROLE_ACTIONS = [
     "iam:AttachRolePolicy",
-    "iam:CreatePolicy",
-    "iam:CreatePolicyVersion",
     "iam:CreateRole",
-    "iam:DeletePolicy",
-    "iam:DeletePolicyVersion",
-    "iam:DeleteRole",
     "iam:DeleteRolePolicy",
     "iam:DetachRolePolicy",
-    "iam:GetPolicy",
-    "iam:GetPolicyVersion",
+    "iam:PutRolePermissionsBoundary",
+    "iam:PutRolePolicy",
+]
+"""The role actions AWS evaluates ``iam:PermissionsBoundary`` for: allowed only with the boundary."""
+DEPLOY_ROLE_ACTIONS = [
+    "iam:DeleteRole",
     "iam:GetRole",
     "iam:GetRolePolicy",
     "iam:ListAttachedRolePolicies",
     "iam:ListInstanceProfilesForRole",
-    "iam:ListPolicyVersions",
     "iam:ListRolePolicies",
     "iam:PassRole",
-    "iam:PutRolePolicy",
-    "iam:TagPolicy",
     "iam:TagRole",
-    "iam:UntagPolicy",
     "iam:UntagRole",
     "iam:UpdateAssumeRolePolicy",
+    "iam:UpdateRole",
+    "iam:UpdateRoleDescription",
 ]
-"""What the main program does with IAM: its workload, node, cluster and Karpenter roles and policies.
-Everything else it creates (VPC, EKS, S3, KMS, ECR, logs, SQS) comes from AWS's PowerUserAccess."""
+DEPLOY_POLICY_ACTIONS = [
+    "iam:CreatePolicy",
+    "iam:CreatePolicyVersion",
+    "iam:DeletePolicy",
+    "iam:DeletePolicyVersion",
+    "iam:GetPolicy",
+    "iam:GetPolicyVersion",
+    "iam:ListPolicyVersions",
+    "iam:TagPolicy",
+    "iam:UntagPolicy",
+]
+"""What the main program does with IAM (its workload, node, cluster and Karpenter roles and policies),
+all under :data:`WORKLOAD_ROLE_PATH`. Everything else it creates (VPC, EKS, S3, KMS, ECR, logs, SQS)
+comes from AWS's PowerUserAccess, which grants no IAM action but service-linked roles."""
 
 PREVIEW_DENIED_DATA_READS = [
     "s3:GetObject",
@@ -124,16 +152,29 @@ def ecr_policy(repository_arn: str, *, push: bool) -> Policy:
     }
 
 
+def workload_boundary_arn(account_id: str) -> str:
+    return f"arn:aws:iam::{account_id}:policy/{WORKLOAD_BOUNDARY_NAME}"
+
+
 def deployer_iam_policy(account_id: str) -> Policy:
-    """IAM for the main program's roles and policies, never for the CI roles themselves."""
+    """IAM for the main program's roles and policies under the workload path, each role bounded."""
+    roles = f"arn:aws:iam::{account_id}:role{WORKLOAD_ROLE_PATH}*"
     return {
         "Version": VERSION,
         "Statement": [
             {
-                "Sid": "StackRolesAndPolicies",
+                "Sid": "StackRolesOnlyWithTheBoundary",
                 "Effect": "Allow",
-                "Action": DEPLOY_IAM_ACTIONS,
-                "Resource": [f"arn:aws:iam::{account_id}:role/*", f"arn:aws:iam::{account_id}:policy/*"],
+                "Action": DEPLOY_BOUNDED_ROLE_ACTIONS,
+                "Resource": [roles],
+                "Condition": {"StringEquals": {"iam:PermissionsBoundary": workload_boundary_arn(account_id)}},
+            },
+            {"Sid": "StackRoles", "Effect": "Allow", "Action": DEPLOY_ROLE_ACTIONS, "Resource": [roles]},
+            {
+                "Sid": "StackPolicies",
+                "Effect": "Allow",
+                "Action": DEPLOY_POLICY_ACTIONS,
+                "Resource": [f"arn:aws:iam::{account_id}:policy{WORKLOAD_ROLE_PATH}*"],
             },
             {
                 "Sid": "ServiceLinkedRoles",
@@ -142,15 +183,65 @@ def deployer_iam_policy(account_id: str) -> Policy:
                 "Resource": [f"arn:aws:iam::{account_id}:role/aws-service-role/*"],
             },
             {
-                # No escalation: the deploy role cannot change its own or the other CI roles' trust or
-                # permissions, nor the OIDC provider; only the bootstrap program (run by an admin) can.
-                "Sid": "NotTheCiRoles",
+                # A boundary, once set, stays: removing it would lift the ceiling.
+                "Sid": "NoBoundaryRemoval",
+                "Effect": "Deny",
+                "Action": ["iam:DeleteRolePermissionsBoundary", "iam:DeleteUserPermissionsBoundary"],
+                "Resource": "*",
+            },
+            {
+                # The deploy role cannot change its own or the other CI roles' trust or permissions,
+                # the boundary, nor the OIDC provider; only the bootstrap program (run by an admin) can.
+                "Sid": "NotTheCiRolesNorTheBoundary",
                 "Effect": "Deny",
                 "Action": ["iam:*"],
                 "Resource": [
                     f"arn:aws:iam::{account_id}:role/{CI_ROLE_PREFIX}*",
+                    f"arn:aws:iam::{account_id}:policy/{CI_ROLE_PREFIX}*",
                     f"arn:aws:iam::{account_id}:oidc-provider/{GITHUB_OIDC_HOST}",
                 ],
+            },
+        ],
+    }
+
+
+WORKLOAD_IAM_ACTIONS = [
+    "iam:AddRoleToInstanceProfile",
+    "iam:CreateInstanceProfile",
+    "iam:CreateServiceLinkedRole",
+    "iam:DeleteInstanceProfile",
+    "iam:GetInstanceProfile",
+    "iam:GetRole",
+    "iam:ListInstanceProfiles",
+    "iam:RemoveRoleFromInstanceProfile",
+    "iam:TagInstanceProfile",
+]
+"""The IAM a workload role may ever use: Karpenter's instance profiles for its node role, and the
+EKS service-linked roles. Passing a role is allowed separately, for the stack's own roles only."""
+
+
+def workload_boundary_policy(account_id: str) -> Policy:
+    """The ceiling of every role the deployer creates: everything but identity, account and
+    organization changes, plus instance profiles and passing the stack's own roles.
+
+    A boundary grants nothing by itself (a role gets the intersection with its own policies), so
+    unlike an identity policy it is written as the widest set allowed, in PowerUserAccess's shape.
+    """
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "EverythingButIdentity",
+                "Effect": "Allow",
+                "NotAction": ["iam:*", "organizations:*", "account:*", "sts:AssumeRole"],
+                "Resource": "*",
+            },
+            {"Sid": "WorkloadIam", "Effect": "Allow", "Action": WORKLOAD_IAM_ACTIONS, "Resource": "*"},
+            {
+                "Sid": "PassOnlyTheStacksRoles",
+                "Effect": "Allow",
+                "Action": ["iam:PassRole"],
+                "Resource": [f"arn:aws:iam::{account_id}:role{WORKLOAD_ROLE_PATH}*"],
             },
         ],
     }

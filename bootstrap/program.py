@@ -20,12 +20,15 @@ from bootstrap.policies import (
     CI_ROLE_PREFIX,
     GITHUB_OIDC_URL,
     MANAGED_POLICIES,
+    SPOT_SERVICE,
     STS_AUDIENCE,
+    WORKLOAD_BOUNDARY_NAME,
     deployer_iam_policy,
     ecr_policy,
     github_trust_policy,
     preview_deny_policy,
     subject,
+    workload_boundary_policy,
 )
 
 NAMESPACE = "purchase-classifier-bootstrap"
@@ -49,11 +52,20 @@ class BootstrapConfig(BaseModel):
     promotion_target: Environment | None = Field(
         default=None, description="The environment that promotes images out of this account (image-pull role)."
     )
+    spot_service_linked_role: Literal["create", "exists"] = Field(
+        default="create",
+        description=(
+            "The account's EC2 Spot service-linked role (AWSServiceRoleForEC2Spot), which Karpenter needs for "
+            "its first spot launch and cannot create: `create` it here, or `exists` when the account already has "
+            "one (`aws iam get-role --role-name AWSServiceRoleForEC2Spot` succeeds; creating it again fails)."
+        ),
+    )
 
 
 def load_config() -> BootstrapConfig:
     config = pulumi.Config(NAMESPACE)
-    raw = {key: config.get(key) for key in ("environment", "repository", "ecrRepositoryName", "promotionTarget")}
+    keys = ("environment", "repository", "ecrRepositoryName", "promotionTarget", "spotServiceLinkedRole")
+    raw = {key: config.get(key) for key in keys}
     try:
         return BootstrapConfig.model_validate({k: v for k, v in raw.items() if v is not None})
     except ValidationError as exc:
@@ -108,11 +120,35 @@ def _trust_json(subjects: list[str]) -> Callable[[str], str]:
 
 
 class GithubCiAccess(pulumi.ComponentResource):
-    """GitHub's OIDC provider and one IAM role per :class:`RoleSpec`, named ``ci-<role>``."""
+    """GitHub's OIDC provider, one IAM role per :class:`RoleSpec` (``ci-<role>``), the permissions
+    boundary every role of the main stack must carry, and the account's EC2 Spot service-linked role."""
 
-    def __init__(self, name: str, specs: list[RoleSpec], opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        specs: list[RoleSpec],
+        account_id: str,
+        *,
+        create_spot_role: bool = True,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__(f"{TOKEN_PREFIX}:GithubCiAccess", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        self.boundary = aws.iam.Policy(
+            f"{name}-workload-boundary",
+            name=WORKLOAD_BOUNDARY_NAME,
+            description="Permissions boundary of every role the main stack creates (ci-deployer must set it)",
+            policy=json.dumps(workload_boundary_policy(account_id)),
+            opts=child,
+        )
+        if create_spot_role:
+            # Account-wide and possibly used by others: destroying this stack leaves it in place.
+            aws.iam.ServiceLinkedRole(
+                f"{name}-spot",
+                aws_service_name=SPOT_SERVICE,
+                description="EC2 Spot (Karpenter's spot launches)",
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            )
         # No thumbprint: AWS trusts GitHub's OIDC endpoint through its own CA library.
         self.provider = aws.iam.OpenIdConnectProvider(
             f"{name}-github", url=GITHUB_OIDC_URL, client_id_lists=[STS_AUDIENCE], opts=child
@@ -142,7 +178,9 @@ class GithubCiAccess(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=role),
                 )
             self.role_arns[spec.name] = role.arn
-        self.register_outputs({"providerArn": self.provider.arn, "roleArns": self.role_arns})
+        self.register_outputs(
+            {"providerArn": self.provider.arn, "roleArns": self.role_arns, "boundaryArn": self.boundary.arn}
+        )
 
 
 def main() -> None:
@@ -154,8 +192,13 @@ def main() -> None:
     # The account is the one the credentials are in; allowedAccountIds has already refused any other.
     account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=provider)).account_id
     access = GithubCiAccess(
-        "ci", role_specs(cfg, account_id, region), opts=pulumi.ResourceOptions(providers=[provider])
+        "ci",
+        role_specs(cfg, account_id, region),
+        account_id,
+        create_spot_role=cfg.spot_service_linked_role == "create",
+        opts=pulumi.ResourceOptions(providers=[provider]),
     )
     pulumi.export("oidcProviderArn", access.provider.arn)
+    pulumi.export("workloadBoundaryArn", access.boundary.arn)
     for role, arn in access.role_arns.items():
         pulumi.export(to_camel(role.replace("-", "_")) + "RoleArn", arn)  # image-push -> imagePushRoleArn

@@ -326,6 +326,30 @@ def iam_least_privilege(resource_type: str, props: Props) -> list[str]:
     return least_privilege_violations(_plain(doc))
 
 
+IAM_ROLE = "aws:iam/role:Role"
+
+
+def iam_role_bounded(resource_type: str, props: Props) -> list[str]:
+    """A role the stack creates lives under the workload path and carries the workload permissions
+    boundary: the only roles ``ci-deployer`` may create (:func:`bootstrap.policies.deployer_iam_policy`),
+    and the ceiling that keeps whatever is attached to them from reaching IAM or the CI roles."""
+    if resource_type != IAM_ROLE:
+        return []
+    from bootstrap.policies import WORKLOAD_BOUNDARY_NAME, WORKLOAD_ROLE_PATH
+
+    problems = []
+    if props.get("path") != WORKLOAD_ROLE_PATH:
+        problems.append(f"path is {props.get('path')!r}; roles the stack creates live under {WORKLOAD_ROLE_PATH!r}")
+    boundary = props.get("permissionsBoundary")
+    expected = rf"arn:aws:iam::\d{{12}}:policy/{WORKLOAD_BOUNDARY_NAME}"
+    if not isinstance(boundary, str) or not re.fullmatch(expected, boundary):
+        problems.append(
+            f"permissionsBoundary is {boundary!r}; it must be the account's policy/{WORKLOAD_BOUNDARY_NAME} "
+            "(created by the bootstrap program)"
+        )
+    return problems
+
+
 def _plain(value: Any) -> Any:
     """Proxies (under the CLI) as plain dicts and lists, for code that expects JSON data."""
     if isinstance(value, Mapping):

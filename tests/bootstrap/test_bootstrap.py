@@ -4,6 +4,7 @@ only this repository's exact subjects can assume, with policies that pass the ma
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,20 @@ import pytest
 import yaml
 
 from bootstrap import program
-from bootstrap.policies import github_trust_policy, subject
+from bootstrap.policies import (
+    WORKLOAD_BOUNDARY_NAME,
+    WORKLOAD_ROLE_PATH,
+    deployer_iam_policy,
+    github_trust_policy,
+    subject,
+    workload_boundary_arn,
+    workload_boundary_policy,
+)
 from infra.aws.policies import least_privilege_violations
 from infra.config import ConfigError, parse_config
 from infra.mockrun import StackRun, load_stack_config, run_program, stack_account, to_pulumi_config
-from policy.rules import check_resource
+from policy.rules import check_resource, iam_role_bounded
+from tests.bootstrap.iam_eval import ADMINISTRATOR_ACCESS, POWER_USER_ACCESS, allows, effective
 from tests.infra.harness import cached_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +122,13 @@ def test_policies_pass_the_main_programs_checks(stack: str) -> None:
     for name, document in documents.items():
         assert least_privilege_violations(document) == [], name
     for resource in run.resources:
-        assert check_resource(resource.type, resource.inputs) == {}, resource.name
+        found = check_resource(resource.type, resource.inputs)
+        if resource.name == "ci-workload-boundary":
+            # A boundary is a ceiling that grants nothing by itself: it is written as the widest set a
+            # bounded role may reach (checked by the escalation tests below), not as a grant.
+            assert set(found) == {"iam-least-privilege"}, found
+            continue
+        assert found == {}, resource.name
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -135,9 +151,150 @@ def test_image_roles_reach_only_this_accounts_repository(stack: str) -> None:
 def test_the_deployer_cannot_change_the_ci_roles(stack: str) -> None:
     account = stack_account(load_stack_config(stack, BOOTSTRAP))
     iam = _inline(cached(stack))["ci-deployer-iam"]
-    denies = [st for st in iam["Statement"] if st["Effect"] == "Deny"]
-    assert denies and denies[0]["Action"] == ["iam:*"]
-    assert f"arn:aws:iam::{account}:role/ci-*" in denies[0]["Resource"]
+    (deny,) = [st for st in iam["Statement"] if st["Effect"] == "Deny" and st["Action"] == ["iam:*"]]
+    assert f"arn:aws:iam::{account}:role/ci-*" in deny["Resource"]
+    assert f"arn:aws:iam::{account}:policy/ci-*" in deny["Resource"]  # the boundary is ci-workload-boundary
+
+
+# --- no escalation: what ci-deployer can do with IAM, evaluated (tests/bootstrap/iam_eval.py) ----------
+
+ACCOUNT = "111122223333"
+BOUNDARY = f"arn:aws:iam::{ACCOUNT}:policy/{WORKLOAD_BOUNDARY_NAME}"
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
+STACK_ROLE = f"arn:aws:iam::{ACCOUNT}:role{WORKLOAD_ROLE_PATH}serving"
+ROOT_ROLE = f"arn:aws:iam::{ACCOUNT}:role/serving"
+CI_DEPLOYER = f"arn:aws:iam::{ACCOUNT}:role/ci-deployer"
+
+
+def _with(boundary: str | None = None, policy: str | None = None) -> dict[str, str]:
+    context = {"iam:PermissionsBoundary": boundary, "iam:PolicyARN": policy}
+    return {k: v for k, v in context.items() if v is not None}
+
+
+ESCALATIONS = {
+    # name: (action, resource, request context) that must never be allowed
+    "create an unbounded role": ("iam:CreateRole", STACK_ROLE, _with()),
+    "create a role outside the path": ("iam:CreateRole", ROOT_ROLE, _with(BOUNDARY)),
+    "attach AdministratorAccess to an unbounded role": ("iam:AttachRolePolicy", ROOT_ROLE, _with(policy=ADMIN)),
+    "attach a policy to ci-deployer": ("iam:AttachRolePolicy", CI_DEPLOYER, _with(BOUNDARY, ADMIN)),
+    "write ci-deployer's inline policy": ("iam:PutRolePolicy", CI_DEPLOYER, _with(BOUNDARY)),
+    "trust itself from ci-deployer": ("iam:UpdateAssumeRolePolicy", CI_DEPLOYER, _with()),
+    "swap the boundary for AdministratorAccess": ("iam:PutRolePermissionsBoundary", STACK_ROLE, _with(ADMIN)),
+    "remove a boundary": ("iam:DeleteRolePermissionsBoundary", STACK_ROLE, _with()),
+    "widen the boundary": ("iam:CreatePolicyVersion", BOUNDARY, _with()),
+    "pass ci-deployer to a service": ("iam:PassRole", CI_DEPLOYER, _with()),
+    "create a user": ("iam:CreateUser", f"arn:aws:iam::{ACCOUNT}:user/x", _with()),
+    "create an access key": ("iam:CreateAccessKey", f"arn:aws:iam::{ACCOUNT}:user/x", _with()),
+}
+
+
+def escalations(deployer: list[Mapping[str, Any]]) -> list[str]:
+    """The escalations ``deployer`` (its policies) allows."""
+    return [name for name, (action, resource, ctx) in ESCALATIONS.items() if allows(deployer, action, resource, ctx)]
+
+
+# ci-deployer's IAM policy as it was: any role, any policy, only the ci-* roles denied.
+UNSAFE_DEPLOYER_IAM = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["iam:AttachRolePolicy", "iam:CreatePolicy", "iam:CreateRole", "iam:PassRole",
+                       "iam:PutRolePolicy", "iam:UpdateAssumeRolePolicy"],
+            "Resource": [f"arn:aws:iam::{ACCOUNT}:role/*", f"arn:aws:iam::{ACCOUNT}:policy/*"],
+        },
+        {"Effect": "Deny", "Action": ["iam:*"], "Resource": [f"arn:aws:iam::{ACCOUNT}:role/ci-*"]},
+    ],
+}  # fmt: skip
+
+
+def test_the_deployer_has_no_escalation_path() -> None:
+    assert escalations([deployer_iam_policy(ACCOUNT), POWER_USER_ACCESS]) == []
+
+
+def test_the_unsafe_deployer_policy_is_caught() -> None:
+    found = escalations([UNSAFE_DEPLOYER_IAM, POWER_USER_ACCESS])
+    assert {"create an unbounded role", "create a role outside the path"} <= set(found)
+    assert "attach AdministratorAccess to an unbounded role" in found
+
+
+def test_the_deployer_still_builds_the_stacks_roles() -> None:
+    """What the main program needs stays allowed, for bounded roles under the path."""
+    deployer = [deployer_iam_policy(ACCOUNT), POWER_USER_ACCESS]
+    for action in ("iam:CreateRole", "iam:PutRolePolicy", "iam:AttachRolePolicy", "iam:DetachRolePolicy"):
+        assert allows(deployer, action, STACK_ROLE, _with(BOUNDARY)), action
+    for action in ("iam:GetRole", "iam:DeleteRole", "iam:TagRole", "iam:PassRole", "iam:UpdateAssumeRolePolicy"):
+        assert allows(deployer, action, STACK_ROLE), action
+    assert allows(deployer, "iam:CreateServiceLinkedRole", f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/x")
+    assert allows(deployer, "eks:CreateCluster", f"arn:aws:eks:eu-west-1:{ACCOUNT}:cluster/x")
+
+
+def test_a_bounded_role_with_administrator_access_stays_out_of_iam() -> None:
+    """Even AdministratorAccess attached to a stack role is capped by the boundary."""
+    boundary = workload_boundary_policy(ACCOUNT)
+
+    def can(action: str, resource: str = "*") -> bool:
+        return effective([ADMINISTRATOR_ACCESS], boundary, action, resource)
+
+    assert can("s3:GetObject") and can("ec2:RunInstances") and can("iam:CreateInstanceProfile")
+    assert can("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role{WORKLOAD_ROLE_PATH}karpenter-node")
+    for action in (
+        "iam:CreateRole",
+        "iam:AttachRolePolicy",
+        "iam:PutRolePolicy",
+        "iam:CreateUser",
+        "iam:CreateAccessKey",
+        "iam:CreatePolicyVersion",
+        "organizations:LeaveOrganization",
+    ):
+        assert not can(action), action  # fmt: skip
+    assert not can("iam:PassRole", CI_DEPLOYER)
+    assert not can("sts:AssumeRole", CI_DEPLOYER)
+    assert effective([ADMINISTRATOR_ACCESS], None, "iam:CreateRole", STACK_ROLE)  # without the boundary: admin
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_account_gets_the_boundary_the_deployer_requires(stack: str) -> None:
+    run = cached(stack)
+    account = stack_account(load_stack_config(stack, BOOTSTRAP))
+    (boundary,) = [r for r in run.of_type("aws:iam/policy:Policy") if r.inputs["name"] == WORKLOAD_BOUNDARY_NAME]
+    assert json.loads(boundary.inputs["policy"]) == workload_boundary_policy(account)
+    condition = _inline(run)["ci-deployer-iam"]["Statement"][0]["Condition"]["StringEquals"]
+    assert condition == {"iam:PermissionsBoundary": workload_boundary_arn(account)}
+    assert "workloadBoundaryArn" in run.outputs
+
+
+def test_the_policy_pack_rule_accepts_exactly_the_roles_the_deployer_may_create() -> None:
+    deployer = [deployer_iam_policy(ACCOUNT), POWER_USER_ACCESS]
+    candidates = [
+        {"path": WORKLOAD_ROLE_PATH, "permissionsBoundary": BOUNDARY},
+        {"path": WORKLOAD_ROLE_PATH},
+        {"path": "/", "permissionsBoundary": BOUNDARY},
+        {"permissionsBoundary": BOUNDARY},
+        {"path": WORKLOAD_ROLE_PATH, "permissionsBoundary": ADMIN},
+    ]
+    for props in candidates:
+        arn = f"arn:aws:iam::{ACCOUNT}:role{props.get('path', '/')}app"
+        creatable = allows(deployer, "iam:CreateRole", arn, _with(props.get("permissionsBoundary")))
+        assert (iam_role_bounded("aws:iam/role:Role", props) == []) is creatable, props
+    assert any("permissionsBoundary" in m for m in iam_role_bounded("aws:iam/role:Role", {"path": WORKLOAD_ROLE_PATH}))
+    assert any("path is '/'" in m for m in iam_role_bounded("aws:iam/role:Role", {"path": "/"}))
+
+
+# --- the EC2 Spot service-linked role ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_spot_service_linked_role_is_created_by_default(stack: str) -> None:
+    (spot,) = cached(stack).of_type("aws:iam/serviceLinkedRole:ServiceLinkedRole")
+    assert spot.inputs["awsServiceName"] == "spot.amazonaws.com"
+
+
+def test_an_account_that_has_the_spot_role_says_so_and_gets_no_second_one() -> None:
+    run = run_bootstrap("staging", {"spotServiceLinkedRole": "exists"})
+    assert run.of_type("aws:iam/serviceLinkedRole:ServiceLinkedRole") == []
+    with pytest.raises(Exception, match=r"purchase-classifier-bootstrap:spotServiceLinkedRole: Input should be"):
+        run_bootstrap("staging", {"spotServiceLinkedRole": "maybe"})
 
 
 @pytest.mark.parametrize("stack", STACKS)
