@@ -21,6 +21,7 @@ from infra.aws.storage import Storage
 from infra.aws.tags import default_tags
 from infra.config import ConfigError, StackConfig, load_from_pulumi
 from infra.images import image_reference
+from infra.k8s.common import field_manager, with_field_manager
 from infra.k8s.prometheus_stack import PrometheusStack
 from infra.naming import PROJECT, SERVICE_ACCOUNTS
 
@@ -161,8 +162,25 @@ def export_outputs(platform: Platform) -> None:
     pulumi.export("imageReference", platform.image)
 
 
+def adoptable(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+    """Give every Kubernetes object the stack's stable field manager (:func:`field_manager`), so an
+    object that a killed run created without recording it is taken over by the next run.
+
+    A stack transformation is the one place every object passes through, whichever component (or
+    cluster mode) builds it. The in-process kind (``register_stack_transformation``) is used because
+    the newer ``register_resource_transform`` needs the engine's callback server, which the offline
+    mock runs (tests, ``render``) do not have.
+    """
+    if not args.type_.startswith("kubernetes:") or "metadata" not in args.props:
+        return None  # not an object (the provider, a Helm release)
+    manager = field_manager(pulumi.get_stack())
+    meta = pulumi.Output.from_input(args.props["metadata"]).apply(lambda m: with_field_manager(m, manager))
+    return pulumi.ResourceTransformationResult({**args.props, "metadata": meta}, args.opts)
+
+
 def main() -> Platform:
     """Entry point of the Pulumi program: parse config (fail before any resource), build, export."""
+    pulumi.runtime.register_stack_transformation(adoptable)
     try:
         cfg = load_from_pulumi()
     except ConfigError as exc:

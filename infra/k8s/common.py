@@ -178,6 +178,28 @@ def metadata(ctx: Context, name: str, component: str, **extra: Any) -> Obj:
     return {"name": name, "namespace": ctx.namespace, "labels": object_labels(ctx, component), **extra}
 
 
+FIELD_MANAGER_ANNOTATION = "pulumi.com/patchFieldManager"
+"""pulumi-kubernetes' annotation naming the Server-Side Apply field manager of an object. Without it
+the provider draws a random manager per resource (``pulumi-kubernetes-<random>``) and keeps it only in
+the state: an object created by a run whose record was lost (a killed ``pulumi up``) then belongs to a
+manager no later run knows, and creating it again is a field conflict."""
+
+
+def field_manager(stack: str) -> str:
+    """The one field manager of a stack's objects: the next run of the same stack takes over what an
+    interrupted run created, while another stack applying the same object still conflicts."""
+    return f"{PROJECT}-{stack}"
+
+
+def with_field_manager(meta: Any, manager: str) -> Obj:
+    """``meta`` (an object's metadata) with :data:`FIELD_MANAGER_ANNOTATION` set to ``manager``."""
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise TypeError(f"expected an object's metadata as a mapping, got {type(meta).__name__}")
+    return {**meta, "annotations": {**(meta.get("annotations") or {}), FIELD_MANAGER_ANNOTATION: manager}}
+
+
 def component_selector(components: tuple[str, ...] | list[str]) -> Obj:
     """A ``podSelector`` matching any of ``components`` (NetworkPolicy peers and targets)."""
     return {
