@@ -366,13 +366,33 @@ jobs:
     environment: ${{ matrix.stack }}-preview
     steps:
       - uses: pulumi/actions@8e5e406f4007fca908480587cb9893c07090f58d
-        with: {command: preview, refresh: true, stack-name: "${{ vars.PULUMI_ORG }}/purchase-classifier/${{ matrix.stack }}"}
+        with:
+          command: preview
+          refresh: true
+          stack-name: ${{ vars.PULUMI_ORG }}/purchase-classifier/${{ matrix.stack }}
+"""
+
+
+# A pull-request job that mints the App's token: branch code holding the one identity that can push
+# to main.
+UNSAFE_APP_IN_PREVIEW = """
+on: {pull_request: {}}
+jobs:
+  preview:
+    runs-on: ubuntu-24.04
+    environment: ${{ matrix.stack }}-preview
+    permissions: {contents: read}
+    steps:
+      - id: app
+        uses: actions/create-github-app-token@bcd2ba49218906704ab6c1aa796996da409d3eb1
+        with: {app-id: "${{ vars.DIGEST_APP_ID }}", private-key: "${{ secrets.DIGEST_APP_PRIVATE_KEY }}"}
 """
 
 
 @pytest.mark.parametrize(
     ("checker", "name", "unsafe", "found"),
     [
+        (push_problems, "pull-request.yml", UNSAFE_APP_IN_PREVIEW, "the App token outside a deploy environment"),
         (runner_problems, "pull-request.yml", UNSAFE_PREVIEW, "without a runner group"),
         (token_problems, "pull-request.yml", UNSAFE_PREVIEW, "not a team token"),
         (pin_problems, "pull-request.yml", UNSAFE_PREVIEW, "setup-uv without version"),
@@ -655,3 +675,16 @@ def test_pulumi_issuer_gives_each_exact_subject_one_team_and_pull_requests_nothi
         stack = environment.removesuffix("-preview")
         access = pulumi_teams(stack)[policy["teamName"]]
         assert access == ("read" if environment.endswith("-preview") else "write"), sub
+
+
+def test_bootstrap_github_prints_a_stacks_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from bootstrap.github import main
+
+    assert main(["--repository", "o/r", "--pulumi-org", "o", "--stack", "prod"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [g["name"] for g in printed["runnerGroups"]] == ["pc-prod-preview", "pc-prod-deploy"]
+    assert printed["runnerGroups"][1]["selected_workflows"] == ["o/r/.github/workflows/promote.yml@refs/heads/main"]
+    assert {p["rules"]["sub"] for p in printed["pulumiIssuerPolicies"]} == {
+        "repo:o/r:environment:prod-preview",
+        "repo:o/r:environment:prod",
+    }
