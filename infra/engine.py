@@ -13,7 +13,8 @@ from the stack file exactly as ``pulumi up`` would read it, and secrets set here
 that file by the stack's secrets provider (the passphrase one with a file backend).
 
 ``python -m infra.engine preview|up|refresh|destroy --stack local --backend file://DIR`` streams the
-engine's output; ``PULUMI_CONFIG_PASSPHRASE`` must be set.
+engine's output; ``PULUMI_CONFIG_PASSPHRASE`` must be set. ``recover`` repairs a stack after an
+interrupted run (:mod:`infra.recover`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from pulumi import automation as auto
 
 from infra.naming import PROJECT
+from infra.recover import DEFAULT_MIN_LOCK_AGE, RecoverError, recover, stale_locks
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED_ENV = {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
@@ -49,16 +52,23 @@ def build_tools() -> Path:
 
 
 def open_stack(
-    stack: str, *, work_dir: Path, bin_dir: Path, backend: str, env: Mapping[str, str] | None = None
+    stack: str,
+    *,
+    work_dir: Path,
+    bin_dir: Path,
+    backend: str,
+    env: Mapping[str, str] | None = None,
+    create: bool = True,
 ) -> auto.Stack:
-    """Select (or create) ``stack`` of the project in ``work_dir``, run by the CLI in ``bin_dir``."""
+    """Select (or, with ``create``, create) ``stack`` of the project in ``work_dir``, run by the CLI
+    in ``bin_dir``."""
     env_vars = {
         **FIXED_ENV,
         **(env or {}),
         "PULUMI_BACKEND_URL": backend,
         "PATH": f"{bin_dir}{os.pathsep}{(env or os.environ).get('PATH', '')}",
     }
-    return auto.create_or_select_stack(
+    return (auto.create_or_select_stack if create else auto.select_stack)(
         stack_name=stack,
         project_name=PROJECT,
         program=_program,
@@ -115,7 +125,7 @@ def _echo(stream: bool, to: TextIO) -> auto.OnOutput | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.engine", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("preview", "up", "refresh", "destroy"))
+    parser.add_argument("command", choices=("preview", "up", "refresh", "destroy", "recover"))
     parser.add_argument("--stack", required=True)
     parser.add_argument("--work-dir", type=Path, default=ROOT, help="holds Pulumi.yaml and the stack file")
     parser.add_argument("--backend", default=os.environ.get("PULUMI_BACKEND_URL"), help="state backend URL")
@@ -127,7 +137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VAR",
         help="set the secret config KEY (of this project) from environment variable VAR first",
     )
+    parser.add_argument(
+        "--min-lock-age",
+        type=float,
+        default=DEFAULT_MIN_LOCK_AGE.total_seconds() / 60,
+        metavar="MINUTES",
+        help="recover: a lock taken on another host counts as alive while younger than this "
+        "(default: %(default)g, the deploy jobs' longest timeout)",
+    )
     args = parser.parse_args(argv)
+    if args.min_lock_age < 0:
+        parser.error(f"--min-lock-age: got {args.min_lock_age}, expected minutes >= 0")
     if not args.backend:
         parser.error("no state backend: pass --backend or set PULUMI_BACKEND_URL")
     secrets = {}
@@ -136,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not key or var not in os.environ:
             parser.error(f"--secret-env {item}: expected KEY=VAR with the environment variable VAR set")
         secrets[key] = os.environ[var]
+    if args.command == "recover":
+        return _recover(
+            args.stack, work_dir=args.work_dir, bin_dir=args.bin, backend=args.backend, min_age=args.min_lock_age
+        )
     stack = open_stack(args.stack, work_dir=args.work_dir, bin_dir=args.bin or build_tools(), backend=args.backend)
     for key, value in secrets.items():
         stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(value, secret=True))
@@ -147,9 +171,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             "destroy": destroy,
         }
         commands[args.command](stack)
-    except auto.CommandError:
+    except auto.CommandError as exc:
         print(f"pulumi {args.command} failed (its output is above)", file=sys.stderr)
+        if "currently locked" in str(exc):
+            print(
+                f"if no other run is going, an interrupted run left its lock: "
+                f"python -m infra.engine recover --stack {args.stack}",
+                file=sys.stderr,
+            )
         return 1
+    return 0
+
+
+def _recover(stack_name: str, *, work_dir: Path, bin_dir: Path | None, backend: str, min_age: float) -> int:
+    try:
+        # The lock first: a run that may still be going is refused before anything else happens.
+        locks = stale_locks(backend, stack_name, timedelta(minutes=min_age))
+        stack = open_stack(
+            stack_name, work_dir=work_dir, bin_dir=bin_dir or build_tools(), backend=backend, create=False
+        )
+        done = recover(
+            stack,
+            locks,
+            on_output=_echo(True, sys.stdout),
+            on_error=_echo(True, sys.stderr),
+        )
+    except RecoverError as exc:
+        print(f"recover: {exc}", file=sys.stderr)
+        return 1
+    except auto.StackNotFoundError:
+        print(f"recover: no stack {stack_name!r} in {backend}", file=sys.stderr)
+        return 1
+    except auto.CommandError as exc:
+        print(f"recover: a pulumi command failed: {exc}", file=sys.stderr)
+        return 1
+    if done.manual:
+        print(f"recover: {len(done.manual)} pending create(s) need an ID only you can look up (above)", file=sys.stderr)
+        return 2
+    print(f"recover: stack {stack_name} is ready for `python -m infra.engine up --stack {stack_name}`")
     return 0
 
 
