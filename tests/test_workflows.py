@@ -199,7 +199,7 @@ def token_problems(name: str, workflow: dict[str, Any]) -> list[str]:
             where = f"{name}:{job_name}"
             if step["with"].get("requested-token-type") != "urn:pulumi:token-type:access_token:team":
                 problems.append(f"{where}: asks for {step['with'].get('requested-token-type')}, not a team token")
-            if step["with"].get("scope") != "${{ vars.PULUMI_TEAM }}":
+            if step["with"].get("scope") != "team:${{ vars.PULUMI_TEAM }}":
                 problems.append(f"{where}: the team must come from the environment's PULUMI_TEAM")
             if "environment" not in job:
                 problems.append(f"{where}: Pulumi token outside a GitHub environment")
