@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from infra.aws.capacity import capacity_markdown
+from infra.checks.capacity import capacity_markdown
 from infra.config import parse_config
 from infra.mockrun import ROOT, SECRET_SIG, CapturedResource, StackRun, run_stack
 
@@ -46,7 +46,7 @@ KIND_ORDER = (
     "EC2NodeClass",
     "NodePool",
 )
-"""File-name prefixes follow this order, so ``kubectl apply -f <dir>`` creates the namespace first."""
+"""The order objects are written and applied in (namespace first); kinds not listed come last."""
 
 _TOP_KEYS = ("apiVersion", "kind", "metadata")
 
@@ -145,8 +145,13 @@ def kubernetes_manifests(run: StackRun) -> list[Obj]:
     return sorted(objects, key=lambda o: (_kind_rank(o["kind"]), o["metadata"].get("name", "")))
 
 
-def manifest_filename(obj: Obj) -> str:
-    return f"{_kind_rank(obj['kind']):02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+def manifest_filenames(objects: list[Obj]) -> list[str]:
+    """``<position>-<kind>-<name>.yaml``: the prefix is the object's place in apply order, so the
+    files list, and ``kubectl apply -f <dir>`` applies them, in the order the render put them."""
+    width = max(3, len(str(len(objects))))
+    return [
+        f"{i:0{width}d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml" for i, obj in enumerate(objects, start=1)
+    ]
 
 
 def dump_yaml(obj: Obj) -> str:
@@ -232,10 +237,10 @@ def aws_summary(run: StackRun) -> str:
             ]
     k8s_objects = kubernetes_manifests(run)
     lines += ["", f"## Kubernetes objects ({len(k8s_objects)})", ""]
-    for obj in k8s_objects:
+    for obj, filename in zip(k8s_objects, manifest_filenames(k8s_objects), strict=True):
         meta = obj["metadata"]
         where = f"{meta['namespace']}/" if "namespace" in meta else ""
-        lines.append(f"- {obj['kind']} `{where}{meta['name']}` → `{K8S_DIR}/{manifest_filename(obj)}`")
+        lines.append(f"- {obj['kind']} `{where}{meta['name']}` → `{K8S_DIR}/{filename}`")
     return "\n".join(lines) + "\n"
 
 
@@ -254,8 +259,8 @@ def render_run(run: StackRun, out: Path) -> RenderResult:
         stale.unlink()
     objects = kubernetes_manifests(run)
     files = []
-    for obj in objects:
-        path = k8s_dir / manifest_filename(obj)
+    for obj, filename in zip(objects, manifest_filenames(objects), strict=True):
+        path = k8s_dir / filename
         path.write_text(dump_yaml(obj))
         files.append(path)
     summary = out / SUMMARY_FILE

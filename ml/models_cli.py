@@ -16,7 +16,10 @@ from ml.settings import add_model_name_argument, add_store_argument
 
 def list_versions(args: argparse.Namespace) -> int:
     registry = ModelRegistry(args.store, args.model_name)
-    versions = registry.versions()
+    listing = registry.listing()
+    versions = [entry.metadata for entry in listing if entry.metadata is not None]
+    # a version whose metadata cannot be read is shown as broken; the others are listed as usual
+    broken = {entry.version: entry.error for entry in listing if entry.metadata is None}
     latest, candidate = registry.pointed_versions()
     if args.json:
         print(
@@ -24,6 +27,10 @@ def list_versions(args: argparse.Namespace) -> int:
                 [
                     {**_summary(v), "latest": v["version"] == latest, "candidate": v["version"] == candidate}
                     for v in versions
+                ]
+                + [
+                    {"version": v, "broken": reason, "latest": v == latest, "candidate": v == candidate}
+                    for v, reason in broken.items()
                 ]
             )
         )
@@ -43,7 +50,9 @@ def list_versions(args: argparse.Namespace) -> int:
             str(summary["snapshot"] or "-"),
             summary["created_at"],
         )
-    Console().print(table if versions else f"no versions of {args.model_name} in {args.store}")
+    for version, reason in broken.items():
+        table.add_row(version, pointers.get(version, ""), f"broken: {reason}", "", "", "", "")
+    Console().print(table if versions or broken else f"no versions of {args.model_name} in {args.store}")
     return 0
 
 
@@ -63,6 +72,27 @@ def show(args: argparse.Namespace) -> int:
     if not args.per_class:
         entry = {**entry, "metrics": {k: v for k, v in entry["metrics"].items() if k != "per_class"}}
     print(json.dumps(entry, indent=2))
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Check one version as ``candidate`` and ``promote`` do before moving a pointer; print each check."""
+    registry = ModelRegistry(args.store, args.model_name)
+    for check, detail in registry.verify(args.version):
+        print(f"ok  {check:<9} {detail}")
+    print(f"verified {args.model_name}/{registry.resolve(args.version)}")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    """Rewrite a version stored as a joblib pickle in the safe format (skops), in place."""
+    registry = ModelRegistry(args.store, args.model_name)
+    converted = registry.convert(args.version)
+    version = registry.resolve(args.version)
+    if converted is None:
+        print(json.dumps({"version": version, "format": "skops", "converted": False}))
+        return 0
+    print(json.dumps({"version": version, "format": converted["format"], "converted": converted["converted"]}))
     return 0
 
 
@@ -99,6 +129,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ("candidate", candidate, "make a stored version the CANDIDATE (gated against LATEST)"),
         ("promote", promote, "move LATEST to the CANDIDATE and remove the CANDIDATE pointer"),
         ("reject", reject, "remove the CANDIDATE pointer (LATEST keeps serving alone)"),
+        ("verify", verify, "check a version's names, metadata, artifact sha256 and safe loading"),
+        ("convert", convert, "rewrite a version stored as a joblib pickle as skops (unpickles it: trust it first)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         add_store_argument(sub)
@@ -111,6 +143,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     commands.choices["show"].add_argument("--per-class", action="store_true", help="include per-class metrics")
     commands.choices["candidate"].add_argument("version", help="a stored version id")
+    for name in ("verify", "convert"):
+        commands.choices[name].add_argument("version", help="version, 'latest' or 'candidate'")
     commands.choices["candidate"].add_argument(
         "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
     )

@@ -17,6 +17,8 @@ STORE_ENV = "ML_STORE"
 DATABASE_ENV = "DATABASE_URL"
 MODEL_NAME_ENV = "ML_MODEL_NAME"
 IMAGE_DIGEST_ENV = "ML_IMAGE_DIGEST"
+SOURCE_REVISION_ENV = "ML_SOURCE_REVISION"
+ALLOW_PICKLE_ENV = "ML_ALLOW_PICKLE_MODELS"
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 
 DEFAULT_STORE = "var/store"
@@ -64,6 +66,23 @@ def default_model_name() -> str:
 def image_digest() -> str | None:
     """The image digest the process runs from, when the platform told us (recorded in outputs)."""
     return os.environ.get(IMAGE_DIGEST_ENV) or None
+
+
+def source_revision() -> str | None:
+    """The source revision (a git commit) the running code was built from, when set (model provenance)."""
+    return os.environ.get(SOURCE_REVISION_ENV) or None
+
+
+def allow_pickle_models() -> bool:
+    """Whether model versions stored as joblib pickles may be loaded (``ML_ALLOW_PICKLE_MODELS=1``).
+
+    Unpickling runs code the file names, so it is an operator's explicit choice, off by default; a
+    value other than 0 or 1 is refused rather than guessed.
+    """
+    value = os.environ.get(ALLOW_PICKLE_ENV, "").strip()
+    if value not in {"", "0", "1"}:
+        raise BadInputError(f"{ALLOW_PICKLE_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import types
@@ -15,11 +16,12 @@ from infra import cli
 from infra.mockrun import ROOT
 from infra.render import (
     K8S_DIR,
+    KIND_ORDER,
     REDACTED,
     SUMMARY_FILE,
     RenderError,
     kubernetes_manifests,
-    manifest_filename,
+    manifest_filenames,
     render,
     render_run,
 )
@@ -38,21 +40,27 @@ def test_one_file_per_object_in_apply_order(stack: str, tmp_path: Path) -> None:
         # Every object the provider sends to the API server; Helm releases are charts, not objects.
         == len([r for r in run.resources if r.custom and r.type.startswith("kubernetes:") and "kind" in r.inputs])
     )
-    assert files[0].name.startswith("00-namespace-")
-    assert "00-namespace-purchase-classifier.yaml" in {f.name for f in files}
-    for path in files:
+    assert files[0].name.startswith("001-namespace-")
+    # Listing the directory gives the apply order: namespaces, then what lives in them, by kind.
+    assert [f.name.split("-", 1)[0] for f in files] == [f"{i:03d}" for i in range(1, len(files) + 1)]
+    ranks = [KIND_ORDER.index(o["kind"]) if o["kind"] in KIND_ORDER else len(KIND_ORDER) for o in result.objects]
+    assert ranks == sorted(ranks)
+    assert [f.name for f in files] == manifest_filenames(result.objects)
+    for path, expected in zip(files, result.objects, strict=True):
         docs = list(yaml.safe_load_all(path.read_text()))
         assert len(docs) == 1
         obj = docs[0]
         assert list(obj)[:3] == ["apiVersion", "kind", "metadata"]
-        assert path.name == manifest_filename(obj)
+        assert (obj["kind"], obj["metadata"]["name"]) == (expected["kind"], expected["metadata"]["name"])
 
 
 def test_numbers_are_integers_and_secret_values_redacted(tmp_path: Path) -> None:
     render_run(cached_run("dev"), tmp_path)
-    worker = yaml.safe_load((tmp_path / K8S_DIR / "05-deployment-dask-worker.yaml").read_text())
+    (worker_file,) = (tmp_path / K8S_DIR).glob("*-deployment-dask-worker.yaml")
+    worker = yaml.safe_load(worker_file.read_text())
     assert worker["spec"]["replicas"] == 2 and isinstance(worker["spec"]["replicas"], int)
-    secret_text = (tmp_path / K8S_DIR / "02-secret-database-url.yaml").read_text()
+    (secret_file,) = (tmp_path / K8S_DIR).glob("*-secret-database-url.yaml")
+    secret_text = secret_file.read_text()
     secret = yaml.safe_load(secret_text)
     assert secret["stringData"] == {"DATABASE_URL": REDACTED}
     everything = "".join(p.read_text() for p in (tmp_path / K8S_DIR).glob("*.yaml"))
@@ -68,7 +76,7 @@ def test_summary_lists_aws_settings_outputs_and_objects(tmp_path: Path) -> None:
     assert 'capacityType: "ON_DEMAND"' in summary
     assert "policy: Deny s3:* on" in summary  # bucket policy rendered readably
     assert "`kubeconfig`: [secret]" in summary
-    assert "- CronJob `purchase-classifier/predict` → `k8s/08-cronjob-predict.yaml`" in summary
+    assert re.search(r"^- CronJob `purchase-classifier/predict` → `k8s/\d{3}-cronjob-predict\.yaml`$", summary, re.M)
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
