@@ -1,9 +1,11 @@
-"""What GitHub and Pulumi Cloud must hold for one environment, as data: runner groups, environments,
-and the Pulumi Cloud OIDC issuer's token policies.
+"""What GitHub and Pulumi Cloud must hold for one environment: runner groups, environments, and the
+Pulumi Cloud OIDC issuer's token policies.
 
-These live outside AWS, so the bootstrap program cannot create them with the AWS provider; they are
-declared here once, checked against the workflows by ``tests/test_workflows.py``, and printed for an
-administrator to apply (``python -m bootstrap.github --repository owner/name --stack prod``;
+Declared once here as data, checked against the workflows by ``tests/test_workflows.py``. The GitHub
+half is created by the bootstrap program (:class:`GithubDelivery`, with the ``github`` provider: the
+runner groups, the environments with their branch policies and reviewers, and the variables whose
+values this stack knows). The Pulumi Cloud half and the App's secret are printed for an administrator
+to apply (``python -m bootstrap.github --repository owner/name --pulumi-org org --stack prod``;
 docs/delivery.md#one-time-setup says where each setting goes).
 
 Trust boundaries, why they are drawn here:
@@ -22,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import pulumi
+import pulumi_github as github
 
 STACKS = ("dev", "staging", "prod")
 DEPLOY_WORKFLOW = {"dev": "deploy-dev.yml", "staging": "promote.yml", "prod": "promote.yml"}
@@ -73,18 +78,15 @@ def environments(stack: str) -> list[dict[str, Any]]:
             # Pull-request previews run on PR branches; the environment only names read-only access.
             "deployment_branches": "any",
             "reviewers": False,
-            "variables": {"AWS_PREVIEW_ROLE_ARN": f"{stack}'s ci-preview", "PULUMI_TEAM": preview_team(stack)},
+            "variables": ["AWS_PREVIEW_ROLE_ARN", "PULUMI_TEAM"],
             "secrets": [],
         },
         {
             "name": stack,
             "deployment_branches": ["main"],
             "reviewers": stack != "dev",
-            "variables": {
-                "AWS_DEPLOY_ROLE_ARN": f"{stack}'s ci-deployer",
-                "PULUMI_TEAM": deploy_team(stack),
-                "DIGEST_APP_ID": "the digest-recorder App's id",
-            },
+            "variables": ["AWS_DEPLOY_ROLE_ARN", "PULUMI_TEAM", "DIGEST_APP_ID"]
+            + ([] if stack == "dev" else ["AWS_IMAGE_PUSH_ROLE_ARN", "AWS_SOURCE_PULL_ROLE_ARN"]),
             # The App's key exists only here: only approved deploy jobs on main can push to main.
             "secrets": ["DIGEST_APP_PRIVATE_KEY"],
         },
@@ -124,6 +126,81 @@ def settings(repository: str, organization: str, stack: str) -> dict[str, Any]:
             p for p in pulumi_issuer_policies(repository, organization) if p["teamName"] in pulumi_teams(stack)
         ],
     }
+
+
+class GithubDelivery(pulumi.ComponentResource):
+    """One stack's runner groups and GitHub environments, with the variables this stack knows.
+
+    ``variables`` maps a variable name to its value (``PULUMI_TEAM`` is set per environment here);
+    names an environment lists but ``variables`` lacks (the previous account's pull role, the App's
+    id when not configured) are set by hand, and the App's private key is a secret no program holds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        repository: str,
+        repository_id: int,
+        stack: str,
+        variables: Mapping[str, pulumi.Input[str]],
+        reviewer_team_ids: Sequence[int],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("purchase-classifier-bootstrap:ci:GithubDelivery", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        for group in runner_groups(repository, stack):
+            github.ActionsRunnerGroup(
+                f"{name}-{group['name']}",
+                name=group["name"],
+                visibility=group["visibility"],
+                selected_repository_ids=[repository_id],
+                allows_public_repositories=group["allows_public_repositories"],
+                restricted_to_workflows=group["restricted_to_workflows"],
+                selected_workflows=group.get("selected_workflows"),
+                opts=child,
+            )
+        repo_name = repository.split("/", 1)[1]
+        for spec in environments(stack):
+            reviewed = bool(spec["reviewers"])
+            main_only = spec["deployment_branches"] != "any"
+            environment = github.RepositoryEnvironment(
+                f"{name}-{spec['name']}",
+                repository=repo_name,
+                environment=spec["name"],
+                can_admins_bypass=False,
+                prevent_self_review=reviewed,
+                reviewers=[github.RepositoryEnvironmentReviewerArgs(teams=list(reviewer_team_ids))]
+                if reviewed
+                else None,
+                deployment_branch_policy=github.RepositoryEnvironmentDeploymentBranchPolicyArgs(
+                    protected_branches=False, custom_branch_policies=True
+                )
+                if main_only
+                else None,
+                opts=child,
+            )
+            env_child = pulumi.ResourceOptions(parent=environment)
+            for branch in spec["deployment_branches"] if main_only else []:
+                github.RepositoryEnvironmentDeploymentPolicy(
+                    f"{name}-{spec['name']}-{branch}",
+                    repository=repo_name,
+                    environment=environment.environment,
+                    branch_pattern=branch,
+                    opts=env_child,
+                )
+            team = preview_team(stack) if spec["name"].endswith("-preview") else deploy_team(stack)
+            values = {**variables, "PULUMI_TEAM": team}
+            for variable in spec["variables"]:
+                if variable in values:
+                    github.ActionsEnvironmentVariable(
+                        f"{name}-{spec['name']}-{variable}",
+                        repository=repo_name,
+                        environment=environment.environment,
+                        variable_name=variable,
+                        value=values[variable],
+                        opts=env_child,
+                    )
+        self.register_outputs({})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,9 +13,11 @@ from typing import Literal
 
 import pulumi
 import pulumi_aws as aws
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import pulumi_github as github
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from bootstrap.github import GithubDelivery
 from bootstrap.policies import (
     CI_ROLE_PREFIX,
     GITHUB_OIDC_URL,
@@ -60,12 +62,32 @@ class BootstrapConfig(BaseModel):
             "one (`aws iam get-role --role-name AWSServiceRoleForEC2Spot` succeeds; creating it again fails)."
         ),
     )
+    github_repository_id: int | None = Field(
+        default=None,
+        description=(
+            "The repository's numeric id (`gh api repos/<owner>/<name> --jq .id`). Set, this stack also creates "
+            "the environment's runner groups and GitHub environments (needs GITHUB_TOKEN of an organization "
+            "owner); unset, they are created by hand."
+        ),
+    )
+    reviewer_team_ids: list[int] = Field(
+        default_factory=list, description="GitHub team ids whose approval a staging or prod deploy needs."
+    )
+    digest_app_id: str | None = Field(default=None, description="The digest-recorder GitHub App's id.")
+
+    @model_validator(mode="after")
+    def _reviewed(self) -> BootstrapConfig:
+        if self.github_repository_id is not None and self.environment != "dev" and not self.reviewer_team_ids:
+            raise ValueError(f"reviewerTeamIds: {self.environment} deploys need reviewers; name at least one team")
+        return self
 
 
 def load_config() -> BootstrapConfig:
     config = pulumi.Config(NAMESPACE)
-    keys = ("environment", "repository", "ecrRepositoryName", "promotionTarget", "spotServiceLinkedRole")
-    raw = {key: config.get(key) for key in keys}
+    keys = ("environment", "repository", "ecrRepositoryName", "promotionTarget", "spotServiceLinkedRole", "digestAppId")
+    raw: dict[str, object] = {key: config.get(key) for key in keys}
+    raw["githubRepositoryId"] = config.get_int("githubRepositoryId")
+    raw["reviewerTeamIds"] = config.get_object("reviewerTeamIds")
     try:
         return BootstrapConfig.model_validate({k: v for k, v in raw.items() if v is not None})
     except ValidationError as exc:
@@ -198,6 +220,24 @@ def main() -> None:
         create_spot_role=cfg.spot_service_linked_role == "create",
         opts=pulumi.ResourceOptions(providers=[provider]),
     )
+    if cfg.github_repository_id is not None:
+        variables: dict[str, pulumi.Input[str]] = {
+            "AWS_PREVIEW_ROLE_ARN": access.role_arns["preview"],
+            "AWS_DEPLOY_ROLE_ARN": access.role_arns["deployer"],
+        }
+        if cfg.environment != "dev":  # dev's image-push role is a repository variable (the build has no environment)
+            variables["AWS_IMAGE_PUSH_ROLE_ARN"] = access.role_arns["image-push"]
+        if cfg.digest_app_id:
+            variables["DIGEST_APP_ID"] = cfg.digest_app_id
+        GithubDelivery(
+            "github",
+            cfg.repository,
+            cfg.github_repository_id,
+            cfg.environment,
+            variables,
+            cfg.reviewer_team_ids,
+            opts=pulumi.ResourceOptions(providers=[github.Provider("github", owner=cfg.repository.split("/")[0])]),
+        )
     pulumi.export("oidcProviderArn", access.provider.arn)
     pulumi.export("workloadBoundaryArn", access.boundary.arn)
     for role, arn in access.role_arns.items():

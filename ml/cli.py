@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from ml.errors import ExitCode, MlError
@@ -25,17 +27,32 @@ COMMAND_MODULES = {
     "db": "ml.db",
     "refresh": "ml.jobs.refresh",
     "predict": "ml.jobs.predict",
+    "review": "ml.review",
     "serve": "ml.serve.cli",
     "dask": "ml.dask_cli",
     "demo": "ml.demo",
 }
 
+#: Exit status after the reader of stdout went away (``| head``): what a process killed by SIGPIPE
+#: reports in a shell (128 + 13), as ``yes | head`` does.
+CLOSED_PIPE_EXIT = 141
+
 EPILOG = "exit codes: " + ", ".join(f"{code.value} {code.name.lower().replace('_', ' ')}" for code in ExitCode)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad flag reported as one line naming it (exit 2), not usage and the error.
+
+    Sub-parsers are built with the parent's class, so every command reports the same way.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(int(ExitCode.BAD_INPUT), f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; with ``command`` only that command's module is imported."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m ml",
         description="Train, evaluate, batch-predict and serve the purchase classifier.",
         epilog=EPILOG,
@@ -66,9 +83,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         logging.getLogger("distributed").setLevel(logging.WARNING)
         return int(args.func(args) or ExitCode.OK)
+    except BrokenPipeError:
+        return _closed_pipe()
     except MlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout is gone (``python -m ml models list | head -1``): stop quietly.
+
+    Output still buffered would fail again when the interpreter flushes stdout at exit ("Exception
+    ignored ... BrokenPipeError"), so stdout is pointed at /dev/null first (the recipe of Python's
+    ``signal`` documentation).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return CLOSED_PIPE_EXIT

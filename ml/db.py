@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ml import schema
+from ml.cli_types import share
 from ml.errors import BadInputError, InfrastructureError, NotFoundError
 from ml.settings import add_database_argument
 
@@ -84,6 +85,8 @@ predictions = sa.Table(
 TABLES = (purchases, labels, predictions)
 #: Rows per INSERT transaction when seeding.
 SEED_CHUNK_ROWS = 10_000
+#: Ids named in an error about bad seed rows (the count is always complete).
+SHOWN_BAD_IDS = 20
 
 
 def display_url(url: str | URL) -> str:
@@ -94,8 +97,13 @@ def display_url(url: str | URL) -> str:
         return "<invalid database URL>"
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout because Dask workers write concurrently."""
+def create_db_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout because Dask workers write concurrently.
+
+    ``create=False`` is for jobs that only work on an existing database (refresh, predict): SQLite
+    creates a missing file on the first connection, which would leave an empty database (and its
+    directory) behind a job that then fails for want of tables. A missing file is refused instead.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -103,6 +111,11 @@ def create_db_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
+            if not create and not Path(parsed.database).exists():
+                raise NotFoundError(
+                    f"database file {parsed.database} does not exist: run `python -m ml db seed --data <file>` "
+                    "(or `python -m ml db init`) first, or pass --database-url"
+                )
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 60}
         # No pooled connections: opening a SQLite file is cheap, and a pooled one would keep reading
@@ -177,6 +190,27 @@ def _chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield frame.iloc[start : start + size]
 
 
+def _costs(frame: pd.DataFrame, ids: pd.Series) -> pd.Series | float:
+    """The cost column as numbers; a cost that is not one is refused, never stored as NULL.
+
+    The column is a number in the database, so ``abc`` cannot be loaded as the application wrote it,
+    and loading it as an empty cost would silently turn a bad row into a valid one.
+    """
+    if schema.COST not in frame.columns:
+        return np.nan
+    raw = frame[schema.COST]
+    cost = pd.to_numeric(raw, errors="coerce")
+    unparsed = (raw.notna() & (raw.astype("string").str.strip() != "") & cost.isna()).to_numpy(dtype=bool)
+    if unparsed.any():
+        shown = ", ".join(ids[unparsed].head(SHOWN_BAD_IDS))
+        more = " …" if unparsed.sum() > SHOWN_BAD_IDS else ""
+        raise BadInputError(
+            f"seed data has {int(unparsed.sum())} rows whose cost is not a number (ids: {shown}{more}); "
+            "fix them or leave the cost empty"
+        )
+    return cost
+
+
 def seed(
     engine: Engine, frame: pd.DataFrame, *, unlabeled_share: float = 0.0, labeled_by: str = "seed"
 ) -> dict[str, int]:
@@ -196,8 +230,7 @@ def seed(
     records = pd.DataFrame({schema.ID: ids})
     for column in (schema.DESCRIPTION, schema.CONTRACT, schema.DEPARTMENT):
         records[column] = frame[column].astype("string") if column in frame.columns else pd.NA
-    has_cost = schema.COST in frame.columns
-    records[schema.COST] = pd.to_numeric(frame[schema.COST], errors="coerce") if has_cost else np.nan
+    records[schema.COST] = _costs(frame, ids)
     label_mask = ~is_unlabeled(ids, unlabeled_share) if has_labels else np.zeros(len(frame), dtype=bool)
     records["_category"] = frame[schema.CATEGORY].astype("string") if has_labels else pd.NA
     records["_labeled"] = label_mask
@@ -275,7 +308,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_database_argument(seed_parser)
     seed_parser.add_argument(
         "--unlabeled-share",
-        type=float,
+        type=share,
         default=0.0,
         help="share of rows loaded without their label, standing in for new purchases (default 0)",
     )

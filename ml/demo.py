@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ml import db, schema, snapshots
+from ml.cli_types import float_between
 from ml.cluster import dask_client
 from ml.jobs.predict import PredictConfig, PredictSummary, run_predict
 from ml.jobs.refresh import RefreshConfig, refresh
@@ -71,7 +72,10 @@ def print_summary(summary: PredictSummary, engine: sa.Engine, database: str, sto
         f"flagged for review (confidence < {summary.review_threshold:g}): {summary.flagged:,} "
         f"({summary.flagged_share:.1%}); among the {unlabelled:,} unlabelled purchases: {flagged_new:.1%}"
     )
-    console.print(f"agreement with the experts' labels on the {labelled:,} labelled purchases: {agreement:.1%}")
+    console.print(
+        f"agreement with the experts' labels on the {labelled:,} labelled purchases: {agreement:.1%} "
+        "(the model was trained on them: a check that it learned, not of its quality)"
+    )
     console.print("[bold]where the results are[/]")
     console.print(f"  predictions: table 'predictions' in {database}")
     console.print(
@@ -81,7 +85,13 @@ def print_summary(summary: PredictSummary, engine: sa.Engine, database: str, sto
     console.print(f"  snapshots:   {store}/training/    models: {store}/models/")
     console.print("[bold]what to try next[/]")
     console.print(f"  python -m ml models list --store {store}")
-    console.print(f"  python -m ml evaluate --model {store} --data data/purchases_labeled.csv.gz")
+    console.print(
+        f"  python -m ml models show latest --store {store}    # quality estimated on descriptions it never saw"
+    )
+    console.print(
+        f"  python -m ml evaluate --data {DEFAULT_DATA} --by department    "
+        "# each facility scored by a model trained on the others (minutes)"
+    )
     console.print(f"  python -m ml serve --store {store}    # then POST records to http://127.0.0.1:8080/v1/classify")
 
 
@@ -151,15 +161,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--unlabeled-share",
-        type=float,
+        # below 1: a demo with no labelled purchase has nothing to train on
+        type=float_between(0.0, 1.0, high_inclusive=False),
         default=0.2,
         help="share of purchases seeded without their label (default 0.2)",
     )
     parser.add_argument(
-        "--no-search",
-        dest="search",
-        action="store_false",
-        help="skip the hyper-parameter search on Dask (faster: known-good parameters)",
+        "--search",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also run the hyper-parameter search on Dask (minutes; off: known-good parameters)",
     )
     add_dask_arguments(parser, timeout=60.0)
     parser.set_defaults(func=run_demo)

@@ -37,7 +37,9 @@ def list_versions(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{args.model_name} in {args.store}")
     for column in ("version", "pointer", "accuracy", "macro-F1", "rows", "snapshot", "created"):
-        table.add_column(column)
+        # identifiers are copied into other commands: never wrapped or cut, other columns give way
+        whole = column in {"version", "snapshot"}
+        table.add_column(column, no_wrap=whole, overflow="fold" if not whole else "ignore")
     pointers = {latest: "LATEST", candidate: "CANDIDATE"}
     for entry in versions:
         summary = _summary(entry)
@@ -52,7 +54,10 @@ def list_versions(args: argparse.Namespace) -> int:
         )
     for version, reason in broken.items():
         table.add_row(version, pointers.get(version, ""), f"broken: {reason}", "", "", "", "")
-    Console().print(table if versions or broken else f"no versions of {args.model_name} in {args.store}")
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file has no width: print every column whole
+        console = Console(width=max(80, Console(width=100_000).measure(table).maximum))
+    console.print(table if versions or broken else f"no versions of {args.model_name} in {args.store}")
     return 0
 
 
@@ -69,10 +74,44 @@ def _summary(entry: dict) -> dict:
 
 def show(args: argparse.Namespace) -> int:
     entry = ModelRegistry(args.store, args.model_name).metadata(args.version)
+    per_class = entry["metrics"].get("per_class", {})
     if not args.per_class:
         entry = {**entry, "metrics": {k: v for k, v in entry["metrics"].items() if k != "per_class"}}
-    print(json.dumps(entry, indent=2))
+    if args.json:
+        print(json.dumps(entry, indent=2))
+        return 0
+    console = Console()
+    for key, value in _flatten(entry):
+        console.print(f"[bold]{key}[/]: {value}", highlight=False, soft_wrap=True)
+    if args.per_class and per_class:
+        table = Table(title="per class (validation rows)")
+        for column in ("category", "precision", "recall", "F1", "support"):
+            table.add_column(column, justify="left" if column == "category" else "right")
+        for label, scores in sorted(per_class.items(), key=lambda item: -item[1].get("support", 0)):
+            table.add_row(
+                label,
+                *(f"{scores.get(key, 0):.3f}" for key in ("precision", "recall", "f1-score")),
+                f"{scores.get('support', 0):.0f}",
+            )
+        console.print(table)
     return 0
+
+
+def _flatten(entry: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Metadata as ``a.b: value`` lines; lists and per-class figures are counted (``--json`` has them)."""
+    lines: list[tuple[str, str]] = []
+    for key, value in entry.items():
+        name = f"{prefix}{key}"
+        if key == "per_class":
+            continue
+        if isinstance(value, dict) and prefix.count(".") < 1:
+            lines.extend(_flatten(value, f"{name}."))
+        elif isinstance(value, list | dict):
+            text = json.dumps(value)
+            lines.append((name, text if len(text) <= 100 else f"{len(value)} entries (see --json)"))
+        else:
+            lines.append((name, str(value)))
+    return lines
 
 
 def verify(args: argparse.Namespace) -> int:

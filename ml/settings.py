@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ml.cli_types import positive_float
 from ml.errors import BadInputError
 
 STORE_ENV = "ML_STORE"
@@ -115,7 +116,7 @@ def add_dask_arguments(parser: argparse.ArgumentParser, timeout: float = 30.0) -
     )
     parser.add_argument(
         "--dask-timeout",
-        type=float,
+        type=positive_float,
         default=timeout,
         help=f"seconds to reach the scheduler and its workers before failing (default {timeout:.0f})",
     )

@@ -39,6 +39,7 @@ from distributed import Client
 from sqlalchemy.exc import SQLAlchemyError
 
 from ml import db, schema
+from ml.cli_types import positive_int, share
 from ml.cluster import dask_client
 from ml.errors import BadInputError, InfrastructureError, MlError, NotFoundError
 from ml.model import predict
@@ -305,7 +306,7 @@ def run_predict(config: PredictConfig, client: Client | None = None) -> PredictS
     Database and model are checked before Dask is contacted, so bad input is reported as such
     (not as a cluster problem) and quickly.
     """
-    engine = db.create_db_engine(config.database_url)
+    engine = db.create_db_engine(config.database_url, create=False)
     db.require_tables(engine, *(t.name for t in db.TABLES))
     loaded = ModelRegistry(config.store, config.model_name).load(config.version)
     threshold = config.review_threshold
@@ -420,26 +421,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--review-threshold",
-        type=float,
+        type=share,
         default=None,
         help="flag rows whose confidence is below this for expert review "
         f"(default: the model's metadata, else {DEFAULT_REVIEW_THRESHOLD})",
     )
     parser.add_argument(
         "--partition-rows",
-        type=int,
+        type=positive_int,
         default=DEFAULT_PARTITION_ROWS,
         help=f"row ids per partition; bounds worker memory (default {DEFAULT_PARTITION_ROWS})",
     )
     parser.add_argument(
         "--write-chunk-rows",
-        type=int,
+        type=positive_int,
         default=DEFAULT_WRITE_CHUNK_ROWS,
         help=f"rows per write transaction (default {DEFAULT_WRITE_CHUNK_ROWS})",
     )
     parser.add_argument(
         "--max-bad-share",
-        type=float,
+        type=share,
         default=DEFAULT_MAX_BAD_SHARE,
         help=f"exit 2 when more invalid purchases than this share (default {DEFAULT_MAX_BAD_SHARE})",
     )

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from ml import db, schema, snapshots
+from ml.cli_types import positive_int, share
 from ml.errors import InfrastructureError, NotFoundError
 from ml.features import normalise_column
 from ml.registry import open_store, storage_options_from_env
@@ -244,7 +245,7 @@ def write_parts(frame: pd.DataFrame, store: str, snapshot_id: str, rows_per_file
 def refresh(config: RefreshConfig) -> RefreshResult:
     """Read, validate, resolve duplicates, write parts, publish the manifest (last)."""
     open_store(config.store)  # a bad store URL fails before the database is read
-    engine = db.create_db_engine(config.database_url)
+    engine = db.create_db_engine(config.database_url, create=False)
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     raw = read_labelled(engine)
@@ -329,13 +330,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_store_argument(parser)
     parser.add_argument(
         "--max-bad-share",
-        type=float,
+        type=share,
         default=DEFAULT_MAX_BAD_SHARE,
         help=f"refuse when more invalid rows than this share (default {DEFAULT_MAX_BAD_SHARE})",
     )
     parser.add_argument(
         "--rows-per-file",
-        type=int,
+        type=positive_int,
         default=DEFAULT_ROWS_PER_FILE,
         help=f"rows per parquet part (default {DEFAULT_ROWS_PER_FILE})",
     )

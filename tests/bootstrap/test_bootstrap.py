@@ -37,7 +37,10 @@ OIDC = "token.actions.githubusercontent.com"
 
 def run_bootstrap(stack: str, overrides: dict[str, Any] | None = None) -> StackRun:
     raw = load_stack_config(stack, BOOTSTRAP)
-    raw.update({f"{program.NAMESPACE}:{k}": v for k, v in (overrides or {}).items()})
+    for key, value in (overrides or {}).items():  # None removes the key
+        raw.pop(f"{program.NAMESPACE}:{key}", None)
+        if value is not None:
+            raw[f"{program.NAMESPACE}:{key}"] = value
     config, secret_keys = to_pulumi_config(raw)
     return run_program(
         program.main,
@@ -365,3 +368,69 @@ def test_a_role_cannot_be_both_viewer_and_admin() -> None:
     raw["purchase-classifier:cluster"] = cluster
     with pytest.raises(ConfigError, match="in both adminRoleArns and viewerRoleArns"):
         parse_config(raw, stack="dev", aws_region="eu-west-1")
+
+
+# --- GitHub: runner groups and environments ---------------------------------------------------------------
+
+
+def _github(run: StackRun, type_: str) -> dict[str, dict[str, Any]]:
+    return {r.name: r.inputs for r in run.of_type(f"github:index/{type_}")}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_github_runner_groups_split_by_trust(stack: str) -> None:
+    repo = _repository(stack)
+    groups = {g["name"]: g for g in _github(cached(stack), "actionsRunnerGroup:ActionsRunnerGroup").values()}
+    assert set(groups) == {f"pc-{stack}-preview", f"pc-{stack}-deploy"}
+    for group in groups.values():
+        assert group["visibility"] == "selected" and group["selectedRepositoryIds"] == [123456789]
+        assert group["allowsPublicRepositories"] is False
+    workflow = "deploy-dev.yml" if stack == "dev" else "promote.yml"
+    deploy = groups[f"pc-{stack}-deploy"]
+    assert deploy["restrictedToWorkflows"] is True
+    assert deploy["selectedWorkflows"] == [f"{repo}/.github/workflows/{workflow}@refs/heads/main"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_github_environments_admit_main_only_where_they_deploy(stack: str) -> None:
+    run = cached(stack)
+    environments = {e["environment"]: e for e in _github(run, "repositoryEnvironment:RepositoryEnvironment").values()}
+    assert set(environments) == {f"{stack}-preview", stack}
+    preview, deploy = environments[f"{stack}-preview"], environments[stack]
+    assert "deploymentBranchPolicy" not in preview and "reviewers" not in preview  # pull requests run here
+    assert deploy["deploymentBranchPolicy"] == {"protectedBranches": False, "customBranchPolicies": True}
+    assert deploy["canAdminsBypass"] is False
+    if stack == "dev":
+        assert "reviewers" not in deploy
+    else:
+        assert deploy["reviewers"] == [{"teams": [2345678]}] and deploy["preventSelfReview"] is True
+    policies = _github(run, "repositoryEnvironmentDeploymentPolicy:RepositoryEnvironmentDeploymentPolicy").values()
+    assert [(p["environment"], p["branchPattern"]) for p in policies] == [(stack, "main")]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_github_environment_variables_are_this_stacks_roles_and_teams(stack: str) -> None:
+    run = cached(stack)
+    variables = {
+        (v["environment"], v["variableName"]): v["value"]
+        for v in _github(run, "actionsEnvironmentVariable:ActionsEnvironmentVariable").values()
+    }
+    expected = {
+        (f"{stack}-preview", "AWS_PREVIEW_ROLE_ARN"): run.outputs["previewRoleArn"],
+        (f"{stack}-preview", "PULUMI_TEAM"): f"ci-preview-{stack}",
+        (stack, "AWS_DEPLOY_ROLE_ARN"): run.outputs["deployerRoleArn"],
+        (stack, "PULUMI_TEAM"): f"ci-deploy-{stack}",
+    }
+    if stack != "dev":
+        expected[(stack, "AWS_IMAGE_PUSH_ROLE_ARN")] = run.outputs["imagePushRoleArn"]
+    assert variables == expected
+    # Nothing secret is written by a program: the App's key is set by hand.
+    assert not any("PRIVATE_KEY" in name for _, name in variables)
+
+
+def test_github_is_optional_and_reviewed_stacks_need_reviewers() -> None:
+    assert not any(
+        r.type.startswith("github:index/") for r in run_bootstrap("dev", {"githubRepositoryId": None}).resources
+    )
+    with pytest.raises(Exception, match=r"reviewerTeamIds: prod deploys need reviewers"):
+        run_bootstrap("prod", {"reviewerTeamIds": []})

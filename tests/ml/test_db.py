@@ -91,3 +91,24 @@ def test_cli_seed_reads_a_windows_1252_export_with_encoding(tmp_path: Path, purc
         query = sa.text("SELECT description FROM purchases WHERE id = :id")
         stored = connection.execute(query, {"id": sample.iloc[0]["id"]})
         assert stored.scalar_one() == "PLATE Ø3.5 – LOCKING"
+
+
+def test_seed_refuses_costs_that_are_not_numbers(
+    sqlite_url: str, purchases_sample: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cost of ``abc`` cannot be stored in the number column; loading it as NULL would make it valid."""
+    frame = purchases_sample.iloc[:5].copy()
+    frame["cost"] = frame["cost"].astype(object)
+    frame.loc[2, "cost"] = "abc"
+    frame.loc[3, "cost"] = " 12,50 "
+    engine = db.create_db_engine(sqlite_url)
+    db.init_db(engine)
+    with pytest.raises(BadInputError, match=rf"2 rows whose cost is not a number \(ids: {frame.loc[2, 'id']}, "):
+        db.seed(engine, frame)
+    assert db.table_counts(engine)["purchases"] == 0
+
+    path = tmp_path / "bad_cost.csv"
+    frame.to_csv(path, index=False)
+    assert main(["db", "seed", "--data", str(path), "--database-url", sqlite_url]) == ExitCode.BAD_INPUT
+    assert "cost is not a number" in capsys.readouterr().err
+    assert db.table_counts(engine)["purchases"] == 0

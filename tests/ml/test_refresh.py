@@ -150,3 +150,13 @@ def test_missing_snapshot_is_not_found(tmp_path: Path) -> None:
         snapshots.load_snapshot(str(tmp_path), "latest")
     with pytest.raises(NotFoundError, match="no complete training snapshot 'nope'"):
         snapshots.load_snapshot(str(tmp_path), "nope")
+
+
+def test_a_missing_sqlite_file_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in the URL must not leave an empty database (and its directory) behind a failed job."""
+    database = tmp_path / "typo" / "purchases.db"
+    url = f"sqlite:///{database}"
+    for argv in (["refresh"], ["predict", "--dask-timeout", "5"]):
+        assert main([*argv, "--database-url", url, "--store", str(tmp_path / "store")]) == ExitCode.NOT_FOUND
+        assert f"database file {database} does not exist" in capsys.readouterr().err
+    assert not database.parent.exists()
