@@ -145,7 +145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="recover: a lock taken on another host counts as alive while younger than this "
         "(default: %(default)g, the deploy jobs' longest timeout)",
     )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="URN=ID",
+        help="recover: the provider ID of a pending create whose ID only a person can look up",
+    )
     args = parser.parse_args(argv)
+    given_ids = {}
+    for item in args.imports:
+        urn, sep, id_ = item.rpartition("=")
+        if not sep or not urn.startswith("urn:pulumi:") or not id_:
+            parser.error(f"--import {item}: expected URN=ID (the URN that recover printed, then the ID)")
+        given_ids[urn] = id_
     if args.min_lock_age < 0:
         parser.error(f"--min-lock-age: got {args.min_lock_age}, expected minutes >= 0")
     if not args.backend:
@@ -158,7 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         secrets[key] = os.environ[var]
     if args.command == "recover":
         return _recover(
-            args.stack, work_dir=args.work_dir, bin_dir=args.bin, backend=args.backend, min_age=args.min_lock_age
+            args.stack,
+            work_dir=args.work_dir,
+            bin_dir=args.bin,
+            backend=args.backend,
+            min_age=args.min_lock_age,
+            given_ids=given_ids,
         )
     stack = open_stack(args.stack, work_dir=args.work_dir, bin_dir=args.bin or build_tools(), backend=args.backend)
     for key, value in secrets.items():
@@ -183,7 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _recover(stack_name: str, *, work_dir: Path, bin_dir: Path | None, backend: str, min_age: float) -> int:
+def _recover(
+    stack_name: str,
+    *,
+    work_dir: Path,
+    bin_dir: Path | None,
+    backend: str,
+    min_age: float,
+    given_ids: Mapping[str, str],
+) -> int:
     try:
         # The lock first: a run that may still be going is refused before anything else happens.
         locks = stale_locks(backend, stack_name, timedelta(minutes=min_age))
@@ -193,6 +220,7 @@ def _recover(stack_name: str, *, work_dir: Path, bin_dir: Path | None, backend: 
         done = recover(
             stack,
             locks,
+            given_ids=given_ids,
             on_output=_echo(True, sys.stdout),
             on_error=_echo(True, sys.stderr),
         )

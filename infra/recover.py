@@ -10,10 +10,13 @@ repairs both, with the engine's own tools:
    runs, or a lock of another host younger than ``min_lock_age`` (no process can be checked there);
 2. ``pulumi cancel`` removes the lock;
 3. each pending create whose ID the program's names determine (a Kubernetes object's
-   ``namespace/name``; a few AWS resources, :data:`AWS_IMPORT_IDS`) is turned into an import
-   (``pulumi refresh --import-pending-creates URN --import-pending-creates ID``): the refresh reads
-   the resource by that ID and records it if it exists, drops the pending create if not. Other
-   pending operations (deletes, updates) are settled by the same refresh, which reads what is there;
+   ``namespace/name``; a few AWS resources, :data:`AWS_IMPORT_IDS`), or whose ID a person gave
+   (``--import URN=ID``), is imported: ``pulumi stack export``, the pending create becomes a
+   resource with that ID, ``pulumi stack import``, then ``pulumi refresh`` reads it by its ID from
+   the provider, recording it if it exists and dropping it if not. The same refresh settles the
+   other pending operations (deletes, updates) against what is there. (The CLI's own
+   ``refresh --import-pending-creates`` is not used: the CLI built here turns such creates into
+   "importing" operations that its refresh then drops without reading them.)
 4. while a refreshed Kubernetes object is still being deleted (a killed ``destroy``), it refreshes
    again until the object is gone, so the next ``up`` does not write into an object about to vanish;
 5. pending creates whose ID it cannot tell are left as they are and printed with the exact
@@ -209,21 +212,34 @@ class Recovery:
 
 def manual_command(stack: str, urn: str, id_: str = "<ID>") -> str:
     """What a person runs for a pending create whose ID only they can find out."""
-    # The flag takes one value per use: the URN, then the ID.
-    flag = "--import-pending-creates"
-    return f"pulumi refresh --stack {stack} --yes {flag} {shlex.quote(urn)} {flag} {shlex.quote(id_)}"
+    return f"python -m infra.engine recover --stack {stack} --import {shlex.quote(f'{urn}={id_}')}"
+
+
+def _adopt(deployment: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
+    """``deployment`` with each pending create in ``ids`` (URN to provider ID) made a resource with
+    that ID, for a refresh to read. Appended after every resource: its parent, provider and
+    dependencies were all complete before its create began, so the order stays topological."""
+    pending, adopted = [], []
+    for op in _pending(deployment):
+        id_ = ids.get(op["resource"]["urn"]) if op["type"] == "creating" else None
+        if id_ is None:
+            pending.append(op)
+        else:
+            adopted.append({**op["resource"], "id": id_})
+    return {**deployment, "resources": [*_resources(deployment), *adopted], "pending_operations": pending}
 
 
 def recover(
     stack: auto.Stack,
     locks: list[Lock],
     *,
+    given_ids: Mapping[str, str] | None = None,
     echo: Callable[[str], None] = print,
     on_output: auto.OnOutput | None = None,
     on_error: auto.OnOutput | None = None,
 ) -> Recovery:
     """Repair ``stack`` after an interrupted run whose ``locks`` :func:`stale_locks` found stale;
-    print each step through ``echo``."""
+    ``given_ids``: provider IDs a person looked up, by URN. Prints each step through ``echo``."""
     done = Recovery()
     if locks:
         stack.cancel()  # `pulumi cancel --yes`: removes the lock files
@@ -233,28 +249,27 @@ def recover(
     else:
         echo("no lock held")
 
-    before = stack.export_stack().deployment or {}
-    imports: list[tuple[str, str]] = []
+    exported = stack.export_stack()
+    before = exported.deployment or {}
+    given = dict(given_ids or {})
+    imports: dict[str, str] = {}
     for op in _pending(before):
         urn = op["resource"]["urn"]
         if op["type"] != "creating":
             done.settled.append(f"{op['type']} {urn}")
             continue
-        id_ = import_id(op["resource"])
+        id_ = given.pop(urn, None) or import_id(op["resource"])
         if id_ is None:
             done.manual.append((urn, manual_command(stack.name, urn)))
         else:
-            imports.append((urn, id_))
+            imports[urn] = id_
+    if given:
+        raise RecoverError(f"--import names no pending create of stack {stack.name}: {', '.join(given)}")
 
-    # `--import-pending-creates URN ID`: the Automation API's refresh has no such option, so the
-    # stack's own CLI (same work dir, environment and backend) runs it.
-    args = ["refresh", "--stack", stack.name, "--yes", "--skip-preview", "--color", "never"]
-    for urn, id_ in imports:
-        args += ["--import-pending-creates", urn, "--import-pending-creates", id_]
-    workspace = stack.workspace
-    env = {**workspace.env_vars, **({"PULUMI_HOME": workspace.pulumi_home} if workspace.pulumi_home else {})}
-    echo(f"refreshing, importing {len(imports)} pending create(s) whose ID the program's names give")
-    workspace.pulumi_command.run(args, workspace.work_dir, env, on_output, on_error)
+    if imports:
+        stack.import_stack(auto.Deployment(version=exported.version, deployment=_adopt(before, imports)))
+    echo(f"refreshing: {len(imports)} pending create(s) to read by ID, {len(done.settled)} other pending operation(s)")
+    stack.refresh(color="never", on_output=on_output, on_error=on_error)
 
     deadline = time.monotonic() + DELETION_WAIT.total_seconds()
     state = stack.export_stack().deployment or {}
@@ -267,7 +282,7 @@ def recover(
         state = stack.export_stack().deployment or {}
 
     recorded = {r["urn"] for r in _resources(state)}
-    for urn, id_ in imports:
+    for urn, id_ in imports.items():
         (done.imported if urn in recorded else done.cleared).append(f"{urn} ({id_})")
     for line in done.imported:
         echo(f"imported (it existed): {line}")

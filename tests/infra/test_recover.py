@@ -12,10 +12,11 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from infra.recover import Lock, import_id, manual_command, owner_may_be_alive, read_locks
+from infra.recover import Lock, _adopt, import_id, manual_command, owner_may_be_alive, read_locks
 from tests.infra.harness import cached_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,11 +109,32 @@ def test_aws_pending_creates_import_only_where_the_programs_names_give_the_id() 
 
 def test_the_manual_command_is_quoted_for_a_shell() -> None:
     urn = "urn:pulumi:dev::purchase-classifier::aws:ec2/vpc:Vpc::network-vpc"
-    flag = "--import-pending-creates"
-    assert manual_command("dev", urn) == f"pulumi refresh --stack dev --yes {flag} {urn} {flag} '<ID>'"
+    assert manual_command("dev", urn) == f"python -m infra.engine recover --stack dev --import '{urn}=<ID>'"
     assert manual_command("dev", "urn:x::y$(rm -rf ~)", "i d") == (
-        f"pulumi refresh --stack dev --yes {flag} 'urn:x::y$(rm -rf ~)' {flag} 'i d'"
+        "python -m infra.engine recover --stack dev --import 'urn:x::y$(rm -rf ~)=i d'"
     )
+
+
+def test_an_import_that_is_not_urn_and_id_is_refused_by_name() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.engine",
+            "recover",
+            "--stack",
+            "dev",
+            "--backend",
+            "file:///x",
+            "--import",
+            "vpc-123",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--import vpc-123: expected URN=ID" in proc.stderr
 
 
 @pytest.mark.parametrize("minutes", ["-1"])
@@ -136,3 +158,23 @@ def test_a_negative_lock_age_is_refused_by_name(minutes: str) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "--min-lock-age: got -1.0, expected minutes >= 0" in proc.stderr
+
+
+def test_a_pending_create_with_an_id_becomes_a_resource_after_every_other() -> None:
+    def res(name: str) -> dict[str, Any]:
+        return {"urn": f"urn:pulumi:local::p::t::{name}", "type": "t", "custom": True, "inputs": {}}
+
+    deployment = {
+        "resources": [res("a")],
+        "pending_operations": [
+            {"type": "creating", "resource": res("b")},
+            {"type": "creating", "resource": res("c")},
+            {"type": "deleting", "resource": res("a")},
+        ],
+    }
+    adopted = _adopt(deployment, {res("b")["urn"]: "ns/b"})
+    assert [(r["urn"].rsplit("::", 1)[1], r.get("id")) for r in adopted["resources"]] == [("a", None), ("b", "ns/b")]
+    assert [(o["type"], o["resource"]["urn"].rsplit("::", 1)[1]) for o in adopted["pending_operations"]] == [
+        ("creating", "c"),
+        ("deleting", "a"),
+    ]
