@@ -1,4 +1,4 @@
-"""``python -m ml models list|show|candidate|promote|reject``: what a store holds, which version is
+"""``python -m ml models list|show|candidate|promote|reject|report``: what a store holds, which version is
 served, and the candidate tried beside it on live traffic (``ML_CANDIDATE_MODE`` of the service)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from ml import report
 from ml.errors import GateRejectedError
 from ml.registry import ModelRegistry
 from ml.settings import add_model_name_argument, add_store_argument
@@ -187,3 +188,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     commands.choices["candidate"].add_argument(
         "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
     )
+    report.add_parser(commands)

@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ml import db, schema
 from ml.cli_types import positive_int, share
 from ml.cluster import dask_client
+from ml.decisions import DEFAULT_REVIEW_THRESHOLD, review_threshold
 from ml.errors import BadInputError, InfrastructureError, MlError, NotFoundError
 from ml.model import predict
 from ml.registry import ModelRegistry
@@ -55,7 +56,6 @@ from ml.settings import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REVIEW_THRESHOLD = 0.5
 DEFAULT_PARTITION_ROWS = 20_000
 DEFAULT_WRITE_CHUNK_ROWS = 5_000
 DEFAULT_MAX_BAD_SHARE = 0.05
@@ -108,6 +108,7 @@ class PredictSummary:
     model_version: str
     database: str
     review_threshold: float
+    threshold_source: str = "set explicitly"
     pending: int = 0  # rows selected for prediction
     predicted: int = 0
     flagged: int = 0
@@ -139,7 +140,8 @@ class PredictSummary:
         out = [
             f"model {self.model_version}: predicted {self.predicted} of {self.pending} pending purchases "
             f"in {self.seconds:.1f}s ({rate:,.0f} rows/s, {self.partitions} partitions)",
-            f"flagged for review (confidence < {self.review_threshold:g}): {self.flagged} ({self.flagged_share:.1%})",
+            f"flagged for review (confidence < {self.review_threshold:g}, from {self.threshold_source}): "
+            f"{self.flagged} ({self.flagged_share:.1%})",
         ]
         if self.invalid:
             out.append(f"invalid, not predicted: {self.invalid} ({self.invalid_share:.1%})")
@@ -309,13 +311,12 @@ def run_predict(config: PredictConfig, client: Client | None = None) -> PredictS
     engine = db.create_db_engine(config.database_url, create=False)
     db.require_tables(engine, *(t.name for t in db.TABLES))
     loaded = ModelRegistry(config.store, config.model_name).load(config.version)
-    threshold = config.review_threshold
-    if threshold is None:
-        threshold = float(loaded.metadata.get("review_threshold", DEFAULT_REVIEW_THRESHOLD))
+    threshold, source = review_threshold(loaded.metadata, config.review_threshold, DEFAULT_REVIEW_THRESHOLD)
     summary = PredictSummary(
         model_version=loaded.version,
         database=db.display_url(engine.url),
         review_threshold=threshold,
+        threshold_source=source,
         image_digest=image_digest(),
     )
     count, lo, hi, summary.total_purchases = pending_bounds(engine, loaded.version, config.predict_all)
