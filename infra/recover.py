@@ -215,16 +215,17 @@ def manual_command(stack: str, urn: str, id_: str = "<ID>") -> str:
     return f"python -m infra.engine recover --stack {stack} --import {shlex.quote(f'{urn}={id_}')}"
 
 
-def _adopt(deployment: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
+def _adopt(deployment: Mapping[str, Any], ids: Mapping[str, str | None]) -> dict[str, Any]:
     """``deployment`` with each pending create in ``ids`` (URN to provider ID) made a resource with
-    that ID, for a refresh to read. Appended after every resource: its parent, provider and
-    dependencies were all complete before its create began, so the order stays topological."""
+    that ID, for a refresh to read, or dropped where the ID is ``None``. Appended after every
+    resource: its parent, provider and dependencies were all complete before its create began, so
+    the order stays topological."""
     pending, adopted = [], []
     for op in _pending(deployment):
-        id_ = ids.get(op["resource"]["urn"]) if op["type"] == "creating" else None
-        if id_ is None:
+        urn = op["resource"]["urn"]
+        if op["type"] != "creating" or urn not in ids:
             pending.append(op)
-        else:
+        elif (id_ := ids[urn]) is not None:
             adopted.append({**op["resource"], "id": id_})
     return {**deployment, "resources": [*_resources(deployment), *adopted], "pending_operations": pending}
 
@@ -253,12 +254,16 @@ def recover(
     before = exported.deployment or {}
     given = dict(given_ids or {})
     imports: dict[str, str] = {}
+    internal: dict[str, None] = {}
     for op in _pending(before):
-        urn = op["resource"]["urn"]
+        urn, resource = op["resource"]["urn"], op["resource"]
         if op["type"] != "creating":
             done.settled.append(f"{op['type']} {urn}")
             continue
-        id_ = given.pop(urn, None) or import_id(op["resource"])
+        if not resource.get("custom") or resource["type"].startswith("pulumi:providers:"):
+            internal[urn] = None  # a component or a provider: nothing outside the state to find
+            continue
+        id_ = given.pop(urn, None) or import_id(resource)
         if id_ is None:
             done.manual.append((urn, manual_command(stack.name, urn)))
         else:
@@ -266,8 +271,10 @@ def recover(
     if given:
         raise RecoverError(f"--import names no pending create of stack {stack.name}: {', '.join(given)}")
 
-    if imports:
-        stack.import_stack(auto.Deployment(version=exported.version, deployment=_adopt(before, imports)))
+    if imports or internal:
+        edited = _adopt(before, {**imports, **internal})
+        stack.import_stack(auto.Deployment(version=exported.version, deployment=edited))
+        done.settled += [f"creating {urn} (nothing outside the state: dropped)" for urn in internal]
     echo(f"refreshing: {len(imports)} pending create(s) to read by ID, {len(done.settled)} other pending operation(s)")
     stack.refresh(color="never", on_output=on_output, on_error=on_error)
 

@@ -178,3 +178,7 @@ def test_a_pending_create_with_an_id_becomes_a_resource_after_every_other() -> N
         ("creating", "c"),
         ("deleting", "a"),
     ]
+    # No ID: dropped (a component or a provider has nothing outside the state).
+    dropped = _adopt(deployment, {res("c")["urn"]: None})
+    assert [r["urn"] for r in dropped["resources"]] == [res("a")["urn"]]
+    assert [o["type"] for o in dropped["pending_operations"]] == ["creating", "deleting"]
