@@ -1,9 +1,17 @@
-"""Micro-batching: concurrent requests share one model call.
+"""Micro-batching: concurrent requests share one model call, and no request monopolises it.
 
 One model call has a fixed cost whatever its row count (~0.7 ms with ``ml.features.CompiledFeatures``,
 ~12 ms through scikit-learn's ``ColumnTransformer``), so eight requests in one call cost little more
-than one. Requests queue here; a single worker takes everything queued (up to
-``max_batch_records``) and runs it in one thread-pool call while the event loop keeps accepting.
+than one. Requests queue here; a single worker builds each model call from what is waiting and runs it
+in one thread-pool call while the event loop keeps accepting.
+
+Fairness: a call holds at most ``max_batch_records`` rows and ``max_batch_chars`` characters of text
+(the model's cost grows with both, ~1 µs a character), and every waiting request gets an equal share
+of that budget (at least one row). A request bigger than its share is answered over several calls,
+each taking the next rows, and goes to the back of the line after each, so a one-record request that
+arrives beside big ones rides in the very next call: it waits for at most one bounded call, not for
+the big requests' whole work. Rows of a request whose client went away (its future cancelled) are
+dropped before they reach the model.
 
 The window: the worker remembers how many requests were recently in the system at once (queued or
 being predicted) and, while fewer are queued, waits up to ``batch_window_ms`` for the rest: clients
@@ -11,9 +19,9 @@ that just got answers are about to send again. Without it, concurrent clients sp
 take turns, each waiting for the other's model call. A lone client is alone in the system, so it
 never waits.
 
-Shadow mode: once a batch's answers are handed back, the same model thread scores the batch's
-shadowed rows with the candidate and counts how often it agrees with LATEST. Clients never wait for
-it; the next batch does, which is the shadow's cost (``bench/serving.py`` measures it).
+Shadow mode: once a call's answers are handed back, the same model thread scores its shadowed rows
+with the candidate and counts how often it agrees with LATEST. Clients never wait for it; the next
+call does, which is the shadow's cost (``bench/serving.py`` measures it).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ml.registry import LoadedModel
-from ml.serve.inference import Columns, Result, run_model
+from ml.serve.inference import Columns, Result, review_threshold, run_model
 from ml.serve.metrics import ServeMetrics
 from ml.serve.settings import ServeSettings
 
@@ -40,22 +48,44 @@ _HISTORY = 4
 
 
 @dataclass
-class _Item:
+class _Job:
+    """One submitted request: its rows are handed to model calls in order, a share at a time."""
+
     model: LoadedModel
     role: str
     columns: Columns
     future: asyncio.Future[Result] = field(repr=False)
     #: The candidate that also scores these rows (shadow mode), not answering them.
     shadow: LoadedModel | None = None
+    #: Characters of text per row: a call's character budget is counted with them.
+    chars: list[int] = field(default_factory=list, repr=False)
+    #: The first row not yet given to a model call.
+    next_row: int = 0
+    #: Answers of the rows handed out so far, in row order (one model thread: calls end in order).
+    pieces: list[Result] = field(default_factory=list, repr=False)
+    answered: int = 0
+
+    @property
+    def handed_out(self) -> bool:
+        return self.next_row >= len(self.columns)
+
+
+@dataclass
+class _Slice:
+    """Consecutive rows of a job, in one model call."""
+
+    job: _Job
+    columns: Columns
 
 
 class MicroBatcher:
-    """Queue requests and answer them from shared model calls (one worker task, one model thread)."""
+    """Queue requests and answer them from shared, bounded model calls (one worker task, one model thread)."""
 
     def __init__(self, settings: ServeSettings, metrics: ServeMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._queue: deque[_Item] = deque()
+        #: Requests with rows not yet handed to a model call, in turn order.
+        self._waiting: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         #: Peak number of requests in the system (queued or in a model call) per recent batch.
         self._recent: deque[int] = deque([1], maxlen=_HISTORY)
@@ -71,17 +101,22 @@ class MicroBatcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for item in self._queue:
-            item.future.cancel()
+        for job in self._waiting:
+            job.future.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(
         self, model: LoadedModel, columns: Columns, role: str = "latest", shadow: LoadedModel | None = None
     ) -> Result:
         """Predict ``columns`` with ``model`` (a version the request started with, in ``role``);
-        ``shadow`` also scores them once the answer is out."""
+        ``shadow`` also scores them once the answer is out. Cancelling the caller drops the rows
+        not yet predicted."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(model, role, columns, future, shadow))
+        chars = [
+            len(d) + len(c) + len(p)
+            for d, c, p in zip(columns.description, columns.contract, columns.department, strict=True)
+        ]
+        self._waiting.append(_Job(model, role, columns, future, shadow, chars))
         self._in_system += 1
         self._peak = max(self._peak, self._in_system)
         self._wakeup.set()
@@ -90,49 +125,88 @@ class MicroBatcher:
         finally:
             self._in_system -= 1
 
-    async def _next_batch(self) -> list[_Item]:
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+    def _live(self) -> list[_Job]:
+        """The waiting jobs whose clients still wait (drops the others from the line)."""
+        live = [job for job in self._waiting if not job.future.done()]
+        if len(live) != len(self._waiting):
+            self._waiting = deque(live)
+        return live
+
+    async def _next_batch(self) -> list[_Slice]:
         limit = self.settings.max_batch_records
-        expected = max(self._recent)
-        window = self.settings.batch_window_ms / 1000
-        deadline = time.monotonic() + window
-        batch: list[_Item] = []
-        rows = 0
         while True:
-            while self._queue and (not batch or rows + len(self._queue[0].columns) <= limit):
-                item = self._queue.popleft()
-                batch.append(item)
-                rows += len(item.columns)
-            remaining = deadline - time.monotonic()
-            if len(batch) >= expected or rows >= limit or self._queue or remaining <= 0:
+            while not self._live():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            expected = max(self._recent)
+            deadline = time.monotonic() + self.settings.batch_window_ms / 1000
+            while len(self._waiting) < expected and sum(len(j.columns) - j.next_row for j in self._waiting) < limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+            batch = self._take()
+            if batch:
                 return batch
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _take(self) -> list[_Slice]:
+        """One call's rows: an equal share of the row and character budgets for each waiting job,
+        in turn order; jobs with rows left go to the back of the line."""
+        jobs = self._live()
+        if not jobs:
+            return []
+        max_rows, max_chars = self.settings.max_batch_records, self.settings.max_batch_chars
+        share_rows = max(1, max_rows // len(jobs))
+        share_chars = max(1, max_chars // len(jobs))
+        batch: list[_Slice] = []
+        rows = chars = 0
+        served: list[_Job] = []
+        for job in jobs:
+            start = end = job.next_row
+            taken = 0
+            while end < len(job.columns) and end - start < share_rows and rows < max_rows:
+                cost = job.chars[end]
+                # Past the first row of a job (and of the call), both the share and the call's budget hold.
+                if (end > start or batch) and (taken + cost > share_chars or chars + cost > max_chars):
+                    break
+                taken += cost
+                chars += cost
+                rows += 1
+                end += 1
+            if end == start:
+                break  # the call is full: the rest wait their turn
+            job.next_row = end
+            batch.append(_Slice(job, job.columns.rows(start, end)))
+            served.append(job)
+        chosen = {id(job) for job in served}
+        rest = [job for job in jobs if id(job) not in chosen]
+        self._waiting = deque(rest + [job for job in served if not job.handed_out])
+        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            batch = [item for item in batch if not item.future.done()]  # clients that went away
-            if not batch:
-                continue
             self._recent.append(max(self._peak, len(batch)))
             self._peak = self._in_system
             outcomes = await loop.run_in_executor(self._executor, self._predict, batch)
-            for item, outcome in zip(batch, outcomes, strict=True):
-                if item.future.done():
+            for piece, outcome in zip(batch, outcomes, strict=True):
+                job = piece.job
+                if job.future.done():
                     continue
                 if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
+                    job.future.set_exception(outcome)
+                    continue
+                job.pieces.append(outcome)
+                job.answered += len(piece.columns)
+                if job.answered == len(job.columns):
+                    job.future.set_result(Result.concat(job.pieces))
             shadowed = [
-                (item, outcome)
-                for item, outcome in zip(batch, outcomes, strict=True)
-                if item.shadow is not None and isinstance(outcome, Result)
+                (piece, outcome)
+                for piece, outcome in zip(batch, outcomes, strict=True)
+                if piece.job.shadow is not None and isinstance(outcome, Result)
             ]
             if shadowed:
                 try:
@@ -140,23 +214,24 @@ class MicroBatcher:
                 except Exception:  # a shadow must never stop the worker that answers clients
                     log.exception("shadow scoring failed")
 
-    def _predict(self, batch: list[_Item]) -> list[Result | BaseException]:
+    def _predict(self, batch: list[_Slice]) -> list[Result | BaseException]:
         """Runs in the model thread: one call per model version present in the batch."""
         outcomes: dict[int, Result | BaseException] = {}
         by_model: dict[int, list[int]] = {}
-        for index, item in enumerate(batch):
-            by_model.setdefault(id(item.model), []).append(index)
+        for index, piece in enumerate(batch):
+            by_model.setdefault(id(piece.job.model), []).append(index)
         for indices in by_model.values():
-            items = [batch[i] for i in indices]
+            pieces = [batch[i] for i in indices]
+            model, role = pieces[0].job.model, pieces[0].job.role
             try:
-                results = self._call(items[0].model, items[0].role, [item.columns for item in items])
+                results = self._call(model, role, [piece.columns for piece in pieces])
             except Exception:
                 # One bad request must not fail its neighbours: retry them one by one.
-                log.exception("batched model call failed; retrying %d requests singly", len(items))
+                log.exception("batched model call failed; retrying %d requests singly", len(pieces))
                 results = []
-                for item in items:
+                for piece in pieces:
                     try:
-                        results.extend(self._call(item.model, item.role, [item.columns]))
+                        results.extend(self._call(model, role, [piece.columns]))
                     except Exception as exc:
                         results.append(exc)  # type: ignore[arg-type]
             outcomes.update(zip(indices, results, strict=True))
@@ -164,7 +239,8 @@ class MicroBatcher:
 
     def _call(self, model: LoadedModel, role: str, parts: list[Columns], count_batch: bool = True) -> list[Result]:
         started = time.perf_counter()
-        predictions, results = run_model(model, parts, self.settings.top_k, self.settings.review_threshold)
+        threshold = review_threshold(model.metadata, self.settings.review_threshold)
+        predictions, results = run_model(model, parts, self.settings.top_k, threshold)
         self.metrics.batch_latency.labels(model_version=model.version, role=role).observe(time.perf_counter() - started)
         if count_batch:
             self.metrics.batch_size.observe(sum(len(p) for p in parts))
@@ -173,17 +249,17 @@ class MicroBatcher:
             role,
             predictions.category,
             predictions.confidence,
-            np.asarray(predictions.needs_review(self.settings.review_threshold)),
+            np.asarray(predictions.needs_review(threshold)),
         )
         return results
 
-    def _shadow(self, shadowed: list[tuple[_Item, Result]]) -> None:
+    def _shadow(self, shadowed: list[tuple[_Slice, Result]]) -> None:
         """Runs in the model thread: the candidate scores the rows LATEST answered, and agreement is counted."""
-        by_model: dict[int, list[tuple[_Item, Result]]] = {}
+        by_model: dict[int, list[tuple[_Slice, Result]]] = {}
         for pair in shadowed:
-            by_model.setdefault(id(pair[0].shadow), []).append(pair)
+            by_model.setdefault(id(pair[0].job.shadow), []).append(pair)
         for pairs in by_model.values():
-            candidate = pairs[0][0].shadow
+            candidate = pairs[0][0].job.shadow
             assert candidate is not None
             served = [category for _, answer in pairs for category in answer.category]
             counter = self.metrics.shadow_comparisons
@@ -197,7 +273,3 @@ class MicroBatcher:
             agree = sum(a == b for a, b in zip(served, shadow, strict=True))
             counter.labels(model_version=candidate.version, result="agree").inc(agree)
             counter.labels(model_version=candidate.version, result="disagree").inc(len(served) - agree)
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)

@@ -27,6 +27,9 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-window-ms": ("batch_window_ms", float, "how long a batch may wait for concurrent requests"),
     "--reload-interval-s": ("reload_interval_s", float, "how often LATEST is polled"),
     "--max-body-bytes": ("max_body_bytes", int, "largest request body"),
+    "--max-batch-chars": ("max_batch_chars", int, "characters of text per model call"),
+    "--max-header-bytes": ("max_header_bytes", int, "largest request line and headers (431 above)"),
+    "--header-timeout-s": ("header_timeout_s", float, "time a request's headers may take to arrive"),
     "--candidate-mode": ("candidate_mode", str, "what the CANDIDATE version does: off, shadow or canary"),
     "--canary-share": ("canary_share", float, "share of records the candidate answers in canary mode"),
     "--log-level": ("log_level", str, "uvicorn log level"),
@@ -68,12 +71,15 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ml.serve.app import create_app
+    from ml.serve.protocol import guarded_protocol
 
     settings = settings_from_args(args)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         log_level=settings.log_level,
         access_log=False,  # Prometheus counts requests; a log line each would cost more than the model
         timeout_graceful_shutdown=10,

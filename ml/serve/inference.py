@@ -33,6 +33,14 @@ class Columns:
         self.contract.append(contract or "")
         self.department.append(department or "")
 
+    def rows(self, start: int, end: int) -> Columns:
+        """Rows ``start:end`` (itself when that is every row)."""
+        if start == 0 and end >= len(self):
+            return self
+        return Columns(
+            self.description[start:end], self.cost[start:end], self.contract[start:end], self.department[start:end]
+        )
+
     def take(self, rows: list[int]) -> Columns:
         """The given rows, in that order."""
         return Columns(
@@ -62,6 +70,18 @@ class Result:
     #: The version that answered each row (two differ only in canary mode).
     model_version: list[str]
 
+    @staticmethod
+    def concat(pieces: list[Result]) -> Result:
+        """One result of the pieces' rows, in order."""
+        if len(pieces) == 1:
+            return pieces[0]
+        return Result(
+            **{
+                name: [value for piece in pieces for value in getattr(piece, name)]
+                for name in Result.__dataclass_fields__
+            }
+        )
+
 
 def interleave(n: int, pieces: list[tuple[list[int], Result]]) -> Result:
     """One result of ``n`` rows from pieces that answered the given rows each."""
@@ -71,6 +91,19 @@ def interleave(n: int, pieces: list[tuple[list[int], Result]]) -> Result:
             for row, value in zip(rows, getattr(result, name), strict=True):
                 values[row] = value
     return Result(**fields)
+
+
+#: The review threshold of a model whose metadata has none (trained before thresholds were chosen).
+DEFAULT_REVIEW_THRESHOLD = 0.5
+
+
+def review_threshold(metadata: dict[str, Any], override: float | None) -> float:
+    """``ML_REVIEW_THRESHOLD`` when set, else the threshold chosen at training (the model's
+    metadata ``review_threshold``), else the default."""
+    if override is not None:
+        return override
+    chosen = metadata.get("review_threshold")
+    return float(chosen) if isinstance(chosen, int | float) and 0 <= chosen <= 1 else DEFAULT_REVIEW_THRESHOLD
 
 
 def run_model(

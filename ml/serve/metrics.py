@@ -30,6 +30,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from ml.reference import PROFILE_KEY, review_share
+from ml.serve.inference import review_threshold
 
 PREFIX = "purchase_classifier_serve"
 
@@ -160,8 +161,9 @@ class ServeMetrics:
                 del self._recent_flags[key]
                 self.review_share.remove(*key)
 
-    def set_references(self, models: Iterable[tuple[str, dict[str, Any]]], review_threshold: float) -> None:
-        """Export the validation figures of exactly the ``(version, metadata)`` pairs being served.
+    def set_references(self, models: Iterable[tuple[str, dict[str, Any]]], override: float | None) -> None:
+        """Export the validation figures of exactly the ``(version, metadata)`` pairs being served,
+        the review share at each version's threshold (``override``, ``ML_REVIEW_THRESHOLD``, when set).
 
         A version trained before profiles were stored has none and exports none (no drift reference).
         """
@@ -172,4 +174,5 @@ class ServeMetrics:
             if profile is None:
                 continue
             self.reference_confidence.labels(model_version=version).set(profile["mean_confidence"])
-            self.reference_review_share.labels(model_version=version).set(review_share(profile, review_threshold))
+            threshold = review_threshold(metadata, override)
+            self.reference_review_share.labels(model_version=version).set(review_share(profile, threshold))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from ml.errors import InfrastructureError
+from ml.errors import InfrastructureError, IntegrityError, NotFoundError
 from ml.model import predict
 from ml.registry import LoadedModel, ModelRegistry
 from ml.serve.metrics import ServeMetrics
@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 
 #: One plausible record: a model that cannot predict it is not swapped in.
 _SMOKE_RECORD = {"description": "SUT SILK 3-0 SA74H", "cost": 10.0, "contract": "", "department": ""}
+
+
+#: Metadata keys that say where something is stored (the training file, the store): not for clients.
+_LOCATION_KEYS = frozenset({"source", "path", "store", "uri", "url"})
+
+
+def public_metadata(value: Any) -> Any:
+    """A version's metadata without the locations it records (``/v1/model`` shows it to clients)."""
+    if isinstance(value, dict):
+        return {k: public_metadata(v) for k, v in value.items() if k not in _LOCATION_KEYS}
+    if isinstance(value, list):
+        return [public_metadata(v) for v in value]
+    return value
+
+
+def _refusal(exc: BaseException) -> str:
+    """What is wrong with a refused version, in words that reveal no path or exception text."""
+    if isinstance(exc, IntegrityError):
+        return "its artifact or metadata failed verification (corrupt or altered)"
+    if isinstance(exc, NotFoundError):
+        return "it is missing or incomplete in the store"
+    return "it cannot be loaded or cannot predict (the service log says why)"
 
 
 @dataclass(frozen=True)
@@ -46,8 +68,10 @@ class ModelState:
     settings: ServeSettings
     metrics: ServeMetrics
     models: Models | None = None
-    #: Why the service is not ready (no model yet) or why the last candidate was refused.
+    #: Why the service is not ready (no model yet). It and ``last_error`` are shown to clients, so
+    #: they name the problem without store paths or exception text (the log has those).
     reason: str = "no model loaded yet"
+    #: Why the last load failed, until a load leaves the service serving what the pointers name.
     last_error: str | None = None
     _failed_versions: set[str] = field(default_factory=set, repr=False)
     _registry: ModelRegistry | None = field(default=None, repr=False)
@@ -71,7 +95,7 @@ class ModelState:
             return {}
         model = models.latest
         return {
-            **model.metadata,
+            **public_metadata(model.metadata),
             "version": model.version,
             "name": self.settings.model_name,
             "image_digest": self.settings.image_digest or model.metadata.get("image_digest"),
@@ -92,11 +116,11 @@ class ModelState:
             else:
                 latest, candidate = self.registry.latest_version(), None
         except Exception as exc:  # the store is unreachable: keep serving what we have
-            self._fail(None, "latest", f"cannot read the model pointers from {self.settings.store}: {exc}")
+            self._fail(None, "latest", "cannot read the model pointers from the store (retried)", exc)
             return False
         if latest is None:
             if self.models is None:
-                self.reason = f"no LATEST model '{self.settings.model_name}' in {self.settings.store} yet"
+                self.reason = f"no LATEST model '{self.settings.model_name}' in the store yet"
             return False
         old = self.models
         loaded = {m.version: m for m in (old.latest, old.candidate) if m is not None} if old else {}
@@ -106,6 +130,9 @@ class ModelState:
         new_candidate = None
         if candidate is not None and candidate != new_latest.version:
             new_candidate = loaded.get(candidate) or self._load(candidate, "candidate")
+        wanted_candidate = candidate if candidate != new_latest.version else None
+        if new_latest.version == latest and (new_candidate.version if new_candidate else None) == wanted_candidate:
+            self.last_error = None  # serving what the pointers name: an earlier failure is over
         if old is not None and old.latest is new_latest and old.candidate is new_candidate:
             return False
         self.models = Models(new_latest, new_candidate)  # the atomic swap
@@ -130,10 +157,10 @@ class ModelState:
             model = self.registry.load(version)
             predict(model.pipeline, pd.DataFrame([_SMOKE_RECORD]), top_k=self.settings.top_k)
         except InfrastructureError as exc:  # the store, not the version: try again next time
-            self._fail(None, role, f"{role} version {version} not loaded (retried): {exc}")
+            self._fail(None, role, f"{role} version {version} not loaded: the store could not be read (retried)", exc)
             return None
         except Exception as exc:
-            self._fail(version, role, f"{role} version {version} refused: {exc}")
+            self._fail(version, role, f"{role} version {version} refused: {_refusal(exc)}", exc)
             return None
         self.metrics.reloads.labels(result="success", role=role).inc()
         return model
@@ -156,7 +183,8 @@ class ModelState:
         metrics.keep_review_shares({(model.version, role) for model, role in served})
         metrics.set_references([(model.version, model.metadata) for model, _ in served], self.settings.review_threshold)
 
-    def _fail(self, version: str | None, role: str, message: str) -> None:
+    def _fail(self, version: str | None, role: str, message: str, exc: BaseException) -> None:
+        """Record a failed load: ``message`` for clients, the exception for the log."""
         self.last_error = message
         if version is not None:
             self._failed_versions.add(version)
@@ -164,9 +192,10 @@ class ModelState:
             self.reason = message
         self.metrics.reloads.labels(result="failure", role=role).inc()
         log.error(
-            "model reload failed, %s: %s",
+            "model reload failed, %s: %s: %s",
             "keeping version " + self.models.latest.version if self.models else "still not ready",
             message,
+            exc,
         )
 
     async def poll_forever(self) -> None:

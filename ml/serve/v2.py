@@ -8,6 +8,9 @@ numeric type; each of shape ``[n]`` or ``[n, 1]``. Outputs: ``category`` (BYTES 
 answered each record, which differs between records only in canary mode). Errors are
 ``{"error": "..."}`` with a 4xx status, as the protocol specifies.
 
+This module is the codec only (wire format to :class:`~ml.serve.inference.Columns` and back); the
+limits and the model call are :mod:`ml.serve.dataplane`'s, the routes :mod:`ml.serve.api_v2`'s.
+
 The binary tensor data extension is supported as Triton and its clients (``tritonclient``) use it by
 default: a request whose ``Inference-Header-Content-Length`` header gives the size of its JSON part
 carries the data of each input with a ``binary_data_size`` parameter after the JSON, in input order
@@ -19,13 +22,15 @@ Outputs requested with ``"binary_data": true`` (or all, with the request paramet
 from __future__ import annotations
 
 import json
-import math
 import struct
+import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ml.serve.dataplane import ServeError
 from ml.serve.inference import Columns, Result
 
 Datatype = Literal[
@@ -49,6 +54,8 @@ INPUT_NAMES = (*_TEXT_INPUTS, "cost")
 OUTPUT_NAMES = ("category", "confidence", "needs_review", "top_categories", "top_probabilities", "model_version")
 #: The binary data extension's header: the size of the JSON part of a body.
 HEADER_LENGTH = "inference-header-content-length"
+#: Integers beyond this have no float (an OverflowError later).
+_LARGEST_INT = int(sys.float_info.max)
 #: Little-endian numpy types of the fixed-size V2 datatypes.
 _BINARY_TYPES = {
     "BOOL": "?",
@@ -66,13 +73,11 @@ _BINARY_TYPES = {
 }
 
 
-class V2Error(Exception):
-    """A request the protocol answers with ``{"error": message}`` and ``status``."""
+class V2Error(ServeError):
+    """A request that does not follow the protocol: 400 ``{"error": message}``."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+        super().__init__(message, status)
 
 
 class RequestInput(BaseModel):
@@ -239,9 +244,10 @@ def model_metadata(name: str, version: str | None, top_k: int) -> ModelMetadata:
     )
 
 
-def decode(request: InferenceRequest, max_records: int) -> tuple[Columns, list[str]]:
-    """Check the tensors and turn them into record columns and the ids that key the canary split
-    (the ``id`` input, else each record's description); V2Error names what is wrong."""
+def decode(request: InferenceRequest, check_count: Callable[[int], None]) -> tuple[Columns, list[str] | None]:
+    """Check the tensors and turn them into record columns and the record ids (the ``id`` input,
+    None without one); V2Error names what is wrong. ``check_count`` refuses too many records
+    before any tensor is flattened; the values' limits are the data plane's."""
     tensors: dict[str, list[Any]] = {}
     rows: int | None = None
     for tensor in request.inputs:
@@ -254,8 +260,7 @@ def decode(request: InferenceRequest, max_records: int) -> tuple[Columns, list[s
         if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
             raise V2Error(f"input '{name}': shape {shape} must be [n] or [n, 1]")
         n = shape[0]
-        if n > max_records:
-            raise V2Error(f"{n} records exceed the limit of {max_records} per request", status=413)
+        check_count(n)
         data = _flatten(tensor.data or [], name)
         if len(data) != n:
             raise V2Error(f"input '{name}': shape {shape} but {len(data)} values")
@@ -272,24 +277,17 @@ def decode(request: InferenceRequest, max_records: int) -> tuple[Columns, list[s
             if tensor.datatype not in _NUMERIC:
                 raise V2Error(f"input 'cost' must be numeric (FP64, INT64, ...), not {tensor.datatype}")
             for i, value in enumerate(data):
-                if value is None or (isinstance(value, float) and math.isnan(value)):
+                if value is None or (isinstance(value, float) and value != value):
                     continue  # a missing cost: null in JSON, NaN in binary data (as pandas codecs send it)
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise V2Error(f"input 'cost'[{i}]: expected a number, got {type(value).__name__}")
-                try:
-                    finite = math.isfinite(value)
-                except OverflowError:  # an integer beyond float range
-                    finite = False
-                if not finite or value < 0:
-                    raise V2Error(f"input 'cost'[{i}]: must be a finite number >= 0, got {value}")
+                if isinstance(value, int) and abs(value) > _LARGEST_INT:
+                    raise V2Error(f"input 'cost'[{i}]: {value} is beyond the range of a float")
         tensors[name] = data
     if "description" not in tensors:
         raise V2Error("input 'description' (BYTES) is required")
     if not rows:
         raise V2Error("at least one record is required")
-    for i, text in enumerate(tensors["description"]):
-        if not text.strip():
-            raise V2Error(f"input 'description'[{i}]: must not be empty")
     columns = Columns()
     blanks = [None] * rows
     for d, c, k, p in zip(
@@ -300,7 +298,7 @@ def decode(request: InferenceRequest, max_records: int) -> tuple[Columns, list[s
         strict=True,
     ):
         columns.add(d, c, k, p)
-    return columns, tensors.get("id", tensors["description"])
+    return columns, tensors.get("id")
 
 
 def encode(request: InferenceRequest, result: Result, model_name: str, version: str) -> tuple[bytes, int | None]:
@@ -330,10 +328,10 @@ def encode(request: InferenceRequest, result: Result, model_name: str, version: 
         },
         "model_version": {"name": "model_version", "datatype": "BYTES", "shape": [n], "data": result.model_version},
     }
-    all_binary = bool((request.parameters or {}).get("binary_data_output", False))
-    wanted = [(o.name, (o.parameters or {}).get("binary_data", all_binary)) for o in request.outputs or []] or [
-        (name, all_binary) for name in OUTPUT_NAMES
-    ]
+    all_binary = _flag(request.parameters, "binary_data_output", False, "the request")
+    wanted = [
+        (o.name, _flag(o.parameters, "binary_data", all_binary, f"output '{o.name}'")) for o in request.outputs or []
+    ] or [(name, all_binary) for name in OUTPUT_NAMES]
     chosen, blobs = [], []
     for name, binary in wanted:
         output = outputs[name]
@@ -358,7 +356,24 @@ def _to_binary(datatype: str, data: list[Any]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
 
 
+def _flag(parameters: dict[str, Any] | None, name: str, default: bool, owner: str) -> bool:
+    """A boolean parameter: JSON true or false only (the string "false" is not taken as true)."""
+    value = (parameters or {}).get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise V2Error(f"parameter '{name}' of {owner} must be true or false, not {json.dumps(value)[:40]}")
+    return value
+
+
 def check_outputs(request: InferenceRequest) -> None:
+    """The requested outputs exist, are named once, and their parameters parse."""
+    seen: set[str] = set()
+    _flag(request.parameters, "binary_data_output", False, "the request")
     for output in request.outputs or []:
         if output.name not in OUTPUT_NAMES:
             raise V2Error(f"unknown output '{output.name}'; available: {', '.join(OUTPUT_NAMES)}")
+        if output.name in seen:
+            raise V2Error(f"output '{output.name}' requested twice")
+        seen.add(output.name)
+        _flag(output.parameters, "binary_data", False, f"output '{output.name}'")

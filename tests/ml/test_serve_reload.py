@@ -31,7 +31,8 @@ def test_starts_without_a_model_and_becomes_ready_when_latest_appears(tmp_path: 
             assert client.get("/healthz").status_code == 200
             ready = client.get("/readyz")
             assert ready.status_code == 503
-            assert "no LATEST" in ready.json()["reason"]
+            assert "no LATEST" in ready.json()["reason"] and str(tmp_path) not in ready.text
+            assert str(tmp_path) not in client.get(f"/v2/models/{MODEL}/ready").text
             classify = client.post("/v1/classify", json=RECORD)
             assert classify.status_code == 503 and "no model" in classify.json()["detail"]
             assert client.get("/v1/model").status_code == 503
@@ -94,7 +95,7 @@ def test_hot_reload_under_load_then_a_corrupt_version_is_ignored(tmp_path: Path,
 
         bad = save_model(store, tiny_pipeline, promote=False)
         corrupt(store, bad)
-        ModelRegistry(str(store), MODEL).promote(bad)
+        (store / "models" / MODEL / "LATEST").write_text(bad)  # as a planted store would: promote refuses it
         with server.client() as client:
             for _ in range(600):
                 if 'model_reloads_total{result="failure",role="latest"} 1.0' in client.get("/metrics").text:
@@ -106,8 +107,17 @@ def test_hot_reload_under_load_then_a_corrupt_version_is_ignored(tmp_path: Path,
             ready = client.get("/readyz").json()
             assert ready["version"] == second[0]
             assert bad in ready["last_reload_error"] and "corrupt" in ready["last_reload_error"]
+            assert str(tmp_path) not in ready["last_reload_error"]  # no store path for clients
             response = client.post("/v1/classify", json=RECORD)
             assert response.status_code == 200 and response.json()["model_version"] == second[0]
-        assert "refused" in server.log.read_text()
+
+            ModelRegistry(str(store), MODEL).promote(second[0])  # the operator points LATEST back
+            for _ in range(600):
+                if client.get("/readyz").json()["last_reload_error"] is None:
+                    break
+                stop.wait(0.1)
+            assert client.get("/readyz").json()["last_reload_error"] is None  # the failure is over
+        log = server.log.read_text()
+        assert "refused" in log and "corrupt or truncated" in log  # the log has the exception text
     finally:
         server.stop()

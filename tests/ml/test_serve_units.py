@@ -4,6 +4,7 @@ version answers each record in each candidate mode."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from ml.cli import build_parser
 from ml.errors import BadInputError
 from ml.model import predict
-from ml.registry import ARTIFACT, LoadedModel
+from ml.registry import ARTIFACT, LoadedModel, ModelRegistry
 from ml.serve.batching import MicroBatcher
 from ml.serve.cli import settings_from_args
 from ml.serve.inference import Columns
@@ -83,26 +84,90 @@ def test_concurrent_requests_share_model_calls_and_keep_their_rows(tiny_data: pd
     assert calls is not None and calls < 8  # grouped: fewer model calls than requests
 
 
-def test_a_batch_never_exceeds_max_batch_records(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
-    model = LoadedModel("v1", tiny_pipeline, {})
-    metrics = ServeMetrics()
+class CallSpy(MicroBatcher):
+    """Records the rows of each model call, as (request description prefix, rows) per part."""
 
-    async def scenario() -> None:
-        batcher = MicroBatcher(ServeSettings(max_batch_records=5), metrics)
+    calls: list[list[int]]
+
+    def _call(self, model: LoadedModel, role: str, parts: list[Columns], count_batch: bool = True) -> Any:
+        self.calls.append([len(part) for part in parts])
+        return super()._call(model, role, parts, count_batch)
+
+
+def spy(settings: ServeSettings) -> CallSpy:
+    batcher = CallSpy(settings, ServeMetrics())
+    batcher.calls = []
+    return batcher
+
+
+def test_a_call_never_exceeds_its_row_and_character_budgets(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
+    model = LoadedModel("v1", tiny_pipeline, {})
+    frame = tiny_data.head(40).reset_index(drop=True)
+    wide = frame.assign(description=frame["description"] + " " + "X" * 900)  # ~1,000 characters a row
+    batcher = spy(ServeSettings(max_batch_records=5, max_batch_chars=3000))
+
+    async def scenario() -> list[Any]:
         batcher.start()
         try:
-            await asyncio.gather(*(batcher.submit(model, columns(tiny_data.iloc[i : i + 2])) for i in range(10)))
+            return await asyncio.gather(
+                *(batcher.submit(model, columns(frame.iloc[i : i + 2])) for i in range(0, 20, 2)),
+                batcher.submit(model, columns(wide)),
+            )
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert max(sum(call) for call in batcher.calls) <= 5
+    for result, part in zip(results, [*(frame.iloc[i : i + 2] for i in range(0, 20, 2)), wide], strict=True):
+        assert result.category == predict(tiny_pipeline, part).category.tolist()  # every row, in order
+    assert all(rows <= 3 for call in batcher.calls for rows in call)  # the wide request: ≤3,000 characters a call
+
+
+def test_a_small_request_beside_big_ones_rides_in_the_next_call(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
+    """Four 1,000-row requests queued first; a one-record request after them is answered after at
+    most two calls (the one in progress and its own), not after the big requests' 4,000 rows."""
+    model = LoadedModel("v1", tiny_pipeline, {})
+    big = pd.concat([tiny_data] * 5, ignore_index=True).head(1000)
+    batcher = spy(ServeSettings(max_batch_records=64))
+    calls_before_small: list[int] = []
+
+    async def scenario() -> None:
+        batcher.start()
+        try:
+            bigs = [asyncio.ensure_future(batcher.submit(model, columns(big))) for _ in range(4)]
+            await asyncio.sleep(0.05)  # the big ones are in the line and a call is under way
+            started = len(batcher.calls)
+            await batcher.submit(model, columns(tiny_data.head(1)))
+            calls_before_small.append(len(batcher.calls) - started)
+            for result in await asyncio.gather(*bigs):
+                assert len(result.category) == 1000
         finally:
             await batcher.stop()
 
     asyncio.run(scenario())
-    buckets = {
-        sample.labels["le"]: sample.value
-        for metric in metrics.registry.collect()
-        for sample in metric.samples
-        if sample.name == "purchase_classifier_serve_batch_size_records_bucket"
-    }
-    assert buckets["4.0"] == buckets["+Inf"]  # every call held at most 4 rows (two 2-row requests)
+    assert calls_before_small[0] <= 2
+    assert max(sum(call) for call in batcher.calls) <= 64
+
+
+def test_rows_of_a_cancelled_request_never_reach_the_model(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
+    model = LoadedModel("v1", tiny_pipeline, {})
+    big = pd.concat([tiny_data] * 5, ignore_index=True).head(1000)
+    batcher = spy(ServeSettings(max_batch_records=50))
+
+    async def scenario() -> None:
+        batcher.start()
+        try:
+            request = asyncio.ensure_future(batcher.submit(model, columns(big)))
+            while not batcher.calls:
+                await asyncio.sleep(0.001)
+            request.cancel()  # the client went away after the first call started
+            await asyncio.gather(request, return_exceptions=True)
+            await batcher.submit(model, columns(tiny_data.head(1)))  # the worker goes on
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sum(sum(call) for call in batcher.calls) <= 2 * 50 + 1  # not the 1,000 rows
 
 
 def test_versions_in_one_batch_each_use_their_own_model(tiny_data: pd.DataFrame, tiny_pipeline: Any) -> None:
@@ -194,3 +259,43 @@ def test_a_version_the_store_cannot_read_is_retried_a_corrupt_one_is_not(tmp_pat
     assert not state.check_once() and "refused" in (state.last_error or "")
     artifact.write_bytes(good)
     assert not state.check_once() and state.current.version == unreadable  # not tried again
+
+
+def test_model_info_shows_no_locations(tmp_path: Path, tiny_pipeline: Any) -> None:
+    store = tmp_path / "store"
+    registry = ModelRegistry(str(store), MODEL)
+    metadata = {"metrics": {"macro_f1": 0.9}, "data": {"source": "/home/me/secret/train.csv", "rows": 10}}
+    registry.promote(registry.save(tiny_pipeline, metadata))
+    state = ModelState(ServeSettings(store=str(store)), ServeMetrics())
+    assert state.check_once()
+    shown = json.dumps(state.describe())
+    assert "secret" not in shown and str(tmp_path) not in shown
+    assert state.describe()["data"]["rows"] == 10 and state.describe()["metrics"]["macro_f1"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("metadata", "override", "flagged"),
+    [
+        ({"review_threshold": 1.0}, None, True),
+        ({"review_threshold": 0.0}, None, False),
+        ({"review_threshold": 0.0}, 1.0, True),
+        ({}, None, None),
+    ],
+)
+def test_needs_review_uses_the_models_threshold_unless_overridden(
+    tiny_data: pd.DataFrame, tiny_pipeline: Any, metadata: dict[str, Any], override: float | None, flagged: bool | None
+) -> None:
+    model = LoadedModel("v1", tiny_pipeline, metadata)
+    frame = tiny_data.head(20)
+
+    async def scenario() -> Any:
+        batcher = MicroBatcher(ServeSettings(review_threshold=override), ServeMetrics())
+        batcher.start()
+        try:
+            return await batcher.submit(model, columns(frame))
+        finally:
+            await batcher.stop()
+
+    result = asyncio.run(scenario())
+    expected = predict(tiny_pipeline, frame).confidence < 0.5  # no threshold in the metadata: the default
+    assert result.needs_review == ([flagged] * len(frame) if flagged is not None else expected.tolist())
