@@ -39,6 +39,14 @@ DASK_TAINT_KEY = "purchase-classifier/dask"
 DASK_TAINT_VALUE = "true"
 DASK_TAINT_EFFECT = "NoSchedule"
 """Kubernetes spelling of the taint effect (EKS's API spells it ``NO_SCHEDULE``)."""
+POOL_LABEL = DASK_NODE_LABEL_KEY
+"""Node label naming the pool (``system``, ``dask`` or ``general``); workers select ``dask``."""
+SYSTEM_TAINT_KEY = "CriticalAddonsOnly"
+"""The system node group's taint: only pods that tolerate it (CoreDNS, Karpenter) land there."""
+DISCOVERY_TAG = "karpenter.sh/discovery"
+"""Tag on the private subnets and the cluster security group: where Karpenter places nodes."""
+DASHBOARD_LABEL = {"grafana_dashboard": "1"}
+"""The label Grafana's dashboard sidecar (kube-prometheus-stack, the Grafana chart) watches for."""
 
 # S3 key prefixes of the one bucket. IAM policies are scoped to these.
 PREFIX_TRAINING = "training/"

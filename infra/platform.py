@@ -84,7 +84,6 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         "karpenter",
         cluster_name=cluster.name,
         pools=cfg.cluster.node_pools,
-        ami_release=cfg.cluster.node_ami_release,
         region=region,
         account_id=account_id,
         k8s_provider=cluster.provider,
@@ -93,7 +92,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         opts=pulumi.ResourceOptions(parent=cluster),
     )
     cluster.add_pool_addons(karpenter.node_pools)
-    registry = Registry("registry", cfg.ecr, cfg.protection, opts=opts, running_digest=cfg.image_digest)
+    registry = Registry("registry", cfg.ecr, cfg.protection, opts=opts)
     storage = Storage("storage", cfg.storage, bucket_prefix=f"{PROJECT}-{stack}-", protection=cfg.protection, opts=opts)
     identities = Identities(
         "identities",
@@ -109,7 +108,6 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         monitoring_operator = PrometheusStack(
             "prometheus-stack",
             cfg.workloads.monitoring,
-            alerting=cfg.alerting,
             kubernetes_version=cfg.cluster.version,
             k8s_provider=cluster.provider,
             after=list(karpenter.node_pools),

@@ -1,12 +1,12 @@
-"""The EKS cluster: control plane, access entries, system node group, addons, Karpenter, and a
-Kubernetes provider.
+"""The EKS cluster: control plane, access entries, system node group, addons, and a Kubernetes
+provider (Karpenter, declared beside it by :mod:`infra.platform`, is parented here).
 
 Secure by default (principle 5): secrets envelope-encrypted with a KMS key, control-plane logs with
 retention in a KMS-encrypted log group, the private endpoint always on and the public one off or
 limited to CIDRs, access only through explicit EKS access entries (``API`` mode, the creator gets no
 implicit admin), IMDSv2 with hop limit 1 and encrypted gp3 root volumes on every node, and
 NetworkPolicies enforced by the VPC CNI. Addon versions are pinned per cluster version
-(:data:`infra.config.SUPPORTED_CLUSTER_VERSIONS`); the upgrade policy keeps the cluster on standard
+(:data:`infra.schema.SUPPORTED_CLUSTER_VERSIONS`); the upgrade policy keeps the cluster on standard
 support, so an unsupported version is upgraded by AWS instead of billed as extended support.
 """
 
@@ -20,11 +20,12 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from infra.aws.karpenter import DISCOVERY_TAG, NODE_POLICIES, SYSTEM_TAINT_KEY, Karpenter
 from infra.aws.policies import assume_role_policy, cluster_assume_role_policy, pod_identity_trust_policy
 from infra.aws.stateful import encrypted_log_group, stateful_options
-from infra.config import SUPPORTED_CLUSTER_VERSIONS, Protection
-from infra.config import Cluster as ClusterConfig
+from infra.catalog import NODE_POLICIES
+from infra.naming import DISCOVERY_TAG, SYSTEM_TAINT_KEY
+from infra.schema import SUPPORTED_CLUSTER_VERSIONS, Protection
+from infra.schema import Cluster as ClusterConfig
 
 CONTROL_PLANE_LOGS = ("api", "audit", "authenticator")
 ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
@@ -92,7 +93,10 @@ def _role(name: str, trust: pulumi.Input[str], policies: tuple[str, ...], parent
 
 
 class Cluster(pulumi.ComponentResource):
-    """EKS control plane, system node group, addons, Karpenter, and a Kubernetes provider."""
+    """EKS control plane, system node group, addons, and a Kubernetes provider.
+
+    The addons that run on Karpenter's nodes wait for its NodePools: :meth:`add_pool_addons`.
+    """
 
     name: pulumi.Output[str]
     endpoint: pulumi.Output[str]
@@ -113,7 +117,8 @@ class Cluster(pulumi.ComponentResource):
         if cfg.system_nodes is None or cfg.node_pools is None:  # config validation guarantees both in eks mode
             raise ValueError("cluster.systemNodes and cluster.nodePools are required in eks mode")
         protection = protection or Protection()
-        addon_versions = SUPPORTED_CLUSTER_VERSIONS[cfg.version]
+        self._name = name
+        self._addon_versions = SUPPORTED_CLUSTER_VERSIONS[cfg.version]
         child = pulumi.ResourceOptions(parent=self)
 
         cluster_role = _role(f"{name}-cluster", json.dumps(cluster_assume_role_policy()), CLUSTER_POLICIES, self)
@@ -189,18 +194,8 @@ class Cluster(pulumi.ComponentResource):
         admin_entries = access_entries("admin", cfg.admin_role_arns, ADMIN_ACCESS_POLICY)
         access_entries("viewer", cfg.viewer_role_arns, VIEW_ACCESS_POLICY)
 
-        def addon(addon_name: str, depends_on: list[pulumi.Resource], **extra: Any) -> aws.eks.Addon:
-            return aws.eks.Addon(
-                f"{name}-{addon_name}",
-                cluster_name=cluster.name,
-                addon_name=addon_name,
-                addon_version=addon_versions.for_addon(addon_name),
-                resolve_conflicts_on_create="OVERWRITE",
-                resolve_conflicts_on_update="OVERWRITE",
-                opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
-                **extra,
-            )
-
+        self.name = cluster.name
+        addon = self._addon
         base_addons = [
             addon(
                 a,
@@ -286,18 +281,22 @@ class Cluster(pulumi.ComponentResource):
             kubeconfig=self.kubeconfig,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[system_group, *system_addons, *admin_entries]),
         )
-        self.karpenter = Karpenter(
-            "karpenter",
-            cluster_name=cluster.name,
-            pools=cfg.node_pools,
-            region=region,
-            account_id=account_id,
-            k8s_provider=self.provider,
-            replicas=min(2, system.min_size),
-            opts=child,
-        )
-        for a in ADDONS_ON_POOL_NODES:
-            addon(a, list(self.karpenter.node_pools))
-        self.name = cluster.name
         self.endpoint = cluster.endpoint
         self.register_outputs({"name": self.name, "endpoint": self.endpoint, "kubeconfig": self.kubeconfig})
+
+    def _addon(self, addon_name: str, depends_on: Sequence[pulumi.Resource], **extra: Any) -> aws.eks.Addon:
+        return aws.eks.Addon(
+            f"{self._name}-{addon_name}",
+            cluster_name=self.name,
+            addon_name=addon_name,
+            addon_version=self._addon_versions.for_addon(addon_name),
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
+            **extra,
+        )
+
+    def add_pool_addons(self, node_pools: Sequence[pulumi.Resource]) -> None:
+        """The addons that need a node from Karpenter's pools (:data:`ADDONS_ON_POOL_NODES`)."""
+        for a in ADDONS_ON_POOL_NODES:
+            self._addon(a, node_pools)

@@ -23,14 +23,17 @@ from infra.aws.policies import (
     karpenter_controller_policy,
     pod_identity_trust_policy,
 )
-from infra.config import NodePool, NodePools
+from infra.catalog import NODE_POLICIES, instance_cpu_sizes
 from infra.naming import (
-    DASK_NODE_LABEL_KEY,
     DASK_NODE_LABEL_VALUE,
     DASK_TAINT_EFFECT,
     DASK_TAINT_KEY,
     DASK_TAINT_VALUE,
+    DISCOVERY_TAG,
+    POOL_LABEL,
+    SYSTEM_TAINT_KEY,
 )
+from infra.schema import NodePool, NodePools
 
 Obj = dict[str, Any]
 
@@ -40,16 +43,8 @@ The tests validate the custom resources against this version's CRDs (tests/infra
 CHART_REPOSITORY = "oci://public.ecr.aws/karpenter"
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "karpenter"
-DISCOVERY_TAG = "karpenter.sh/discovery"
-"""Tag on the private subnets and the cluster security group: where Karpenter places nodes."""
-POOL_LABEL = DASK_NODE_LABEL_KEY
-"""Node label naming the pool (``dask`` or ``general``); workers select ``dask``."""
 NODE_CLASS_API = "karpenter.k8s.aws/v1"
 NODE_POOL_API = "karpenter.sh/v1"
-SYSTEM_TAINT_KEY = "CriticalAddonsOnly"
-"""The system node group's taint: only pods that tolerate it (CoreDNS, Karpenter) land there."""
-INSTANCE_CPU_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 36, 48, 64, 72, 96, 128, 192)
-"""vCPU counts EC2 sizes come in (c, m and r families); a pool's range selects from these."""
 NODE_EXPIRY = "720h"
 """Nodes are replaced after 30 days, so every node runs a recent AMI even without an upgrade."""
 
@@ -75,7 +70,7 @@ CONSOLIDATION = {
 
 def instance_cpu_values(pool: NodePool) -> list[str]:
     """The ``instance-cpu`` values a pool allows (Karpenter requirement values are strings)."""
-    return [str(c) for c in INSTANCE_CPU_SIZES if pool.min_instance_cpu <= c <= pool.max_instance_cpu]
+    return [str(c) for c in instance_cpu_sizes(pool.min_instance_cpu, pool.max_instance_cpu)]
 
 
 def build_ec2_node_class(name: str, cluster_name: str, node_role: str, disk_size_gb: int) -> Obj:
@@ -314,12 +309,3 @@ class Karpenter(pulumi.ComponentResource):
         self.node_role_arn = node_role.arn
         self.register_outputs({"queueName": self.queue_name, "nodeRoleArn": self.node_role_arn})
 
-
-_MANAGED = "arn:aws:iam::aws:policy/"
-NODE_POLICIES = (
-    f"{_MANAGED}AmazonEKSWorkerNodePolicy",
-    f"{_MANAGED}AmazonEKS_CNI_Policy",
-    f"{_MANAGED}AmazonEC2ContainerRegistryPullOnly",
-    f"{_MANAGED}AmazonSSMManagedInstanceCore",
-)
-"""Managed policies of every node role (SSM: shell access to nodes without SSH keys)."""

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.aws.karpenter import DISCOVERY_TAG
 from infra.aws.policies import assume_role_policy, flow_logs_delivery_policy
 from infra.aws.stateful import encrypted_log_group
-from infra.config import Network as NetworkConfig
-from infra.config import Protection
+from infra.naming import DISCOVERY_TAG
+from infra.schema import Network as NetworkConfig
+from infra.schema import Protection
 
 FLOW_LOG_RETENTION_DAYS = 90
 """Long enough to investigate an incident found weeks later; flow logs are bulky, so not longer."""

@@ -14,7 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.aws.stateful import stateful_options
-from infra.config import Ecr, Protection
+from infra.schema import Ecr, Protection
 
 
 def lifecycle_policy(untagged_expiry_days: int, keep_tagged_images: int) -> dict[str, Any]:

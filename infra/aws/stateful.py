@@ -13,7 +13,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.aws.policies import key_policy_for_logs
-from infra.config import Protection
+from infra.schema import Protection
 
 
 def stateful_options(protection: Protection, parent: pulumi.Resource, **extra: Any) -> pulumi.ResourceOptions:

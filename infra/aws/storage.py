@@ -15,9 +15,9 @@ import pulumi_aws as aws
 
 from infra.aws.policies import tls_only_bucket_policy
 from infra.aws.stateful import stateful_options
-from infra.config import Protection
-from infra.config import Storage as StorageConfig
 from infra.naming import PREFIX_TRAINING
+from infra.schema import Protection
+from infra.schema import Storage as StorageConfig
 
 
 def lifecycle_rules(cfg: StorageConfig) -> list[dict[str, Any]]:

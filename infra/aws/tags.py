@@ -6,8 +6,8 @@ the tests check that every AWS resource is created through that provider.
 
 from __future__ import annotations
 
-from infra.config import StackConfig
 from infra.naming import PROJECT
+from infra.schema import StackConfig
 
 
 def default_tags(cfg: StackConfig, stack: str) -> dict[str, str]:

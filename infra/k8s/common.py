@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from infra.config import DEFAULT_CLUSTER_VERSION, Autoscaling, Resources, Workloads
 from infra.naming import PROJECT
+from infra.schema import DEFAULT_CLUSTER_VERSION, Autoscaling, Resources, Workloads
 
 Obj = dict[str, Any]
 """A Kubernetes object (or part of one) as plain JSON-shaped data."""
@@ -198,6 +198,19 @@ def with_field_manager(meta: Any, manager: str) -> Obj:
     if not isinstance(meta, dict):
         raise TypeError(f"expected an object's metadata as a mapping, got {type(meta).__name__}")
     return {**meta, "annotations": {**(meta.get("annotations") or {}), FIELD_MANAGER_ANNOTATION: manager}}
+
+
+def prometheus_ingress(ctx: Context, *ports: int) -> list[Obj]:
+    """NetworkPolicy ingress rules admitting Prometheus's namespace to ``ports`` (none when monitoring is off)."""
+    if not ctx.workloads.monitoring.enabled:
+        return []
+    namespace = ctx.workloads.monitoring.namespace
+    return [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}],
+            "ports": [{"protocol": "TCP", "port": port} for port in ports],
+        }
+    ]
 
 
 def component_selector(components: tuple[str, ...] | list[str]) -> Obj:

@@ -19,7 +19,6 @@ from functools import partial
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import Resources, cpu_millicores, memory_bytes
 from infra.k8s.common import (
     DASK_CLIENTS,
     NANNY_PORT,
@@ -38,11 +37,11 @@ from infra.k8s.common import (
     labels,
     metadata,
     pod_spec,
+    prometheus_ingress,
     selector_labels,
     storage_env,
     storage_secrets,
 )
-from infra.k8s.monitoring import prometheus_ingress
 from infra.naming import (
     DASK_NODE_LABEL_KEY,
     DASK_NODE_LABEL_VALUE,
@@ -52,12 +51,14 @@ from infra.naming import (
     SA_DASK_SCHEDULER,
     SA_DASK_WORKER,
 )
+from infra.quantity import MIB as _MIB
+from infra.quantity import cpu_millicores, memory_bytes
+from infra.schema import Resources
 
 MEMORY_THRESHOLDS = {"TARGET": "0.60", "SPILL": "0.70", "PAUSE": "0.80", "TERMINATE": "0.95"}
 """Fractions of ``--memory-limit``: spill to ``/tmp`` at target/spill, stop new tasks at pause, and
 let the nanny restart the worker at terminate, all before the container limit is reached."""
 
-_MIB = 2**20
 NANNY_HEADROOM_MIB = 256
 """Memory kept outside the worker process's limit for the nanny and the Python runtime."""
 

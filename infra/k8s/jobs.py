@@ -14,8 +14,6 @@ from functools import partial
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import CronJob
-from infra.config import Jobs as JobsConfig
 from infra.k8s.common import (
     DASK_CLIENTS,
     DATABASE_SECRET,
@@ -32,6 +30,8 @@ from infra.k8s.common import (
     storage_secrets,
 )
 from infra.naming import SA_PREDICT, SA_REFRESH, SA_TRAIN
+from infra.schema import CronJob
+from infra.schema import Jobs as JobsConfig
 from ml.errors import ExitCode
 
 JOB_ARGS: dict[str, list[str]] = {

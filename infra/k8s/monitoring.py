@@ -21,7 +21,6 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import Monitoring
 from infra.k8s.common import (
     JOBS,
     SCHEDULER,
@@ -32,6 +31,8 @@ from infra.k8s.common import (
     metadata,
     selector_labels,
 )
+from infra.naming import DASHBOARD_LABEL
+from infra.schema import Monitoring
 
 MONITORING_API = "monitoring.coreos.com/v1"
 METRICS_PATH = "/metrics"
@@ -39,8 +40,6 @@ SCRAPE_INTERVAL = "30s"
 RULE_NAME = "purchase-classifier-alerts"
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboards"
 DASHBOARD_FILE = "purchase-classifier.json"
-DASHBOARD_LABEL = {"grafana_dashboard": "1"}
-"""The label Grafana's dashboard sidecar (kube-prometheus-stack, the Grafana chart) watches for."""
 
 SERVE = "purchase_classifier_serve"
 """Prefix of the service's metrics (``ml/serve/metrics.py``)."""
@@ -52,23 +51,6 @@ DRIFT_MIN_PREDICTIONS = 200
 MISSED_SCHEDULE_GRACE_SECONDS = 3600
 """How long past its due time a CronJob run may be before it counts as missed: longer than the stacks'
 ``startingDeadlineSeconds`` (5 to 15 minutes), so by then Kubernetes has given up on that run."""
-
-
-def enabled(ctx: Context) -> bool:
-    return ctx.workloads.monitoring.enabled
-
-
-def prometheus_ingress(ctx: Context, *ports: int) -> list[Obj]:
-    """NetworkPolicy ingress rules admitting Prometheus's namespace to ``ports`` (none when disabled)."""
-    if not enabled(ctx):
-        return []
-    namespace = ctx.workloads.monitoring.namespace
-    return [
-        {
-            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}],
-            "ports": [{"protocol": "TCP", "port": port} for port in ports],
-        }
-    ]
 
 
 def _metadata(ctx: Context, name: str, component: str) -> Obj:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.aws.karpenter import POOL_LABEL
-from infra.config import PROMETHEUS_STACK_RELEASE, Monitoring
+from infra.catalog import PROMETHEUS_STACK_RELEASE
+from infra.catalog import PROMETHEUS_STACK_RESOURCES as RESOURCES
 from infra.k8s.common import Obj, pod_security_labels
-from infra.k8s.monitoring import DASHBOARD_LABEL
+from infra.naming import DASHBOARD_LABEL, POOL_LABEL
+from infra.schema import Monitoring
 
 CHART_REPOSITORY = "oci://ghcr.io/prometheus-community/charts"
 CHART_VERSION = "88.1.0"
@@ -46,22 +47,6 @@ PROMETHEUS_RETENTION_SIZE = "8GB"
 """Prometheus keeps its data on the node (an ``emptyDir``): bounded well under a node's root volume.
 A restarted Prometheus starts empty, so an alert comparing with yesterday stays quiet for a day."""
 
-RESOURCES: dict[str, Obj] = {
-    # Prometheus: a few thousand series per node (kubelet, cAdvisor, kube-state-metrics) plus ours.
-    "prometheus": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
-    "operator": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
-    "webhook-job": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}},
-    "alertmanager": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}},
-    "grafana": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
-    "grafana-sidecar": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}},
-    "kube-state-metrics": {
-        "requests": {"cpu": "50m", "memory": "128Mi"},
-        "limits": {"cpu": "200m", "memory": "256Mi"},
-    },
-}
-"""Requests and limits of every pod the chart runs."""
-
-
 def build_namespace(namespace: str, kubernetes_version: str) -> Obj:
     """The monitoring namespace, its Pod Security levels pinned to the cluster's version."""
     labels = pod_security_labels(kubernetes_version, enforce=PSA_ENFORCE, audit=PSA_AUDIT)
@@ -71,7 +56,7 @@ def build_namespace(namespace: str, kubernetes_version: str) -> Obj:
 def helm_values() -> Obj:
     """kube-prometheus-stack values: Prometheus selects monitors and rules by ``release``, in every
     namespace (``{}`` namespace selectors); Grafana's sidecar loads ConfigMaps labelled
-    :data:`~infra.k8s.monitoring.DASHBOARD_LABEL` from its own namespace."""
+    :data:`~infra.naming.DASHBOARD_LABEL` from its own namespace."""
     general = {POOL_LABEL: GENERAL_POOL}
     selector = {"matchLabels": {"release": PROMETHEUS_STACK_RELEASE}}
     ((dashboard_label, dashboard_label_value),) = DASHBOARD_LABEL.items()

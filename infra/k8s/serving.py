@@ -25,11 +25,11 @@ from infra.k8s.common import (
     labels,
     metadata,
     pod_spec,
+    prometheus_ingress,
     selector_labels,
     storage_env,
     storage_secrets,
 )
-from infra.k8s.monitoring import prometheus_ingress
 from infra.naming import SA_SERVING
 
 SERVE_ARGS = ["serve", "--host", "0.0.0.0", "--port", str(SERVING_PORT)]

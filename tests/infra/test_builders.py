@@ -11,9 +11,9 @@ from infra.aws.network import nat_zones, subnet_layout
 from infra.aws.registry import lifecycle_policy
 from infra.aws.storage import lifecycle_rules
 from infra.aws.tags import default_tags
-from infra.config import Storage
 from infra.images import ImageReferenceError, image_reference
 from infra.mockrun import load_stack_config, to_pulumi_config
+from infra.schema import Storage
 
 DIGEST = "sha256:" + "0f" * 32
 

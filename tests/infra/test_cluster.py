@@ -28,11 +28,12 @@ import pytest
 import yaml
 
 from infra.aws import karpenter
-from infra.aws.capacity import VM_MEMORY_OVERHEAD
 from infra.aws.policies import least_privilege_violations
-from infra.config import SUPPORTED_CLUSTER_VERSIONS
+from infra.checks.capacity import VM_MEMORY_OVERHEAD
 from infra.k8s import dask
 from infra.mockrun import CapturedResource, StackRun, load_stack_config
+from infra.naming import DISCOVERY_TAG
+from infra.schema import SUPPORTED_CLUSTER_VERSIONS
 from ml.errors import ExitCode
 from tests.infra.harness import AWS_STACKS, STACKS, cached_run, run_stack
 
@@ -285,9 +286,9 @@ def test_karpenter_identity_node_role_and_access_entry(stack: str) -> None:
     assert node_role.urn in entry.dependencies
     # Karpenter finds subnets and the cluster security group by the discovery tag.
     private = [s for s in run.of_type("aws:ec2/subnet:Subnet") if s.name.startswith("network-private-")]
-    assert private and all(s.inputs["tags"][karpenter.DISCOVERY_TAG] == stack_cfg(stack)["name"] for s in private)
+    assert private and all(s.inputs["tags"][DISCOVERY_TAG] == stack_cfg(stack)["name"] for s in private)
     tag = one(run, "aws:ec2/tag:Tag")
-    assert (tag.inputs["key"], tag.inputs["value"]) == (karpenter.DISCOVERY_TAG, stack_cfg(stack)["name"])
+    assert (tag.inputs["key"], tag.inputs["value"]) == (DISCOVERY_TAG, stack_cfg(stack)["name"])
 
 
 def pools(run: StackRun) -> dict[str, dict[str, Any]]:

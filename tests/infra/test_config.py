@@ -9,17 +9,11 @@ from typing import Any
 
 import pytest
 
-from infra.aws.capacity import capacity_problems
-from infra.config import (
-    ConfigError,
-    Protection,
-    StackConfig,
-    config_reference_markdown,
-    cpu_millicores,
-    memory_bytes,
-    parse_config,
-)
+from infra.checks.capacity import capacity_problems
+from infra.config import ConfigError, config_reference_markdown, parse_config
 from infra.mockrun import load_stack_config, to_pulumi_config
+from infra.quantity import cpu_millicores, memory_bytes
+from infra.schema import Protection, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "purchase-classifier:"

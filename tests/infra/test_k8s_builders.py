@@ -9,11 +9,12 @@ from typing import Any
 import botocore.session
 import pytest
 
-from infra.config import Resources, StackConfig, parse_config
+from infra.config import parse_config
 from infra.k8s import common, dask, jobs, namespace, serving
 from infra.k8s.common import Context, database_port, endpoint_port
 from infra.mockrun import DEFAULT_MOCK_SECRETS, load_stack_config, to_pulumi_config
 from infra.naming import DASK_NODE_LABEL_KEY, DASK_TAINT_KEY, SERVICE_ACCOUNTS
+from infra.schema import Resources, StackConfig
 from tests.infra.harness import DIGEST, STACKS
 
 IMAGE = f"registry.example.com/purchase-classifier@{DIGEST}"

@@ -21,8 +21,8 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from infra.aws.karpenter import NODE_CLASS_API, NODE_POOL_API
-from infra.config import DEFAULT_CLUSTER_VERSION
 from infra.render import K8S_DIR, kubernetes_manifests, render_run
+from infra.schema import DEFAULT_CLUSTER_VERSION
 from tests.infra.harness import STACKS, cached_run
 from tests.infra.test_cluster import validate_custom_resource as validate_karpenter_resource
 from tests.monitoring.crds import is_prometheus_operator_object, validate_custom_resource

@@ -9,17 +9,13 @@ from typing import Any
 
 import pytest
 
-from infra.aws.capacity import capacity_report
-from infra.config import (
-    PROMETHEUS_STACK_RELEASE,
-    ConfigError,
-    Resources,
-    cpu_millicores,
-    memory_bytes,
-    parse_config,
-)
+from infra.catalog import PROMETHEUS_STACK_RELEASE
+from infra.checks.capacity import capacity_report
+from infra.config import ConfigError, parse_config
 from infra.k8s import prometheus_stack
 from infra.mockrun import load_stack_config, to_pulumi_config
+from infra.quantity import cpu_millicores, memory_bytes
+from infra.schema import Resources
 from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, CapturedResource, StackRun, cached_run, run_stack
 
 RELEASE = "kubernetes:helm.sh/v3:Release"

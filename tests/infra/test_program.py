@@ -9,7 +9,7 @@ import pulumi
 import pytest
 
 from infra.aws.cluster import CONTROL_PLANE_LOGS
-from infra.config import ADDON_NAMES
+from infra.catalog import ADDON_NAMES
 from infra.mockrun import CapturedResource, StackRun, load_stack_config, run_stack, stack_account
 from infra.naming import IDENTITY_WORKLOADS, PROJECT
 from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, cached_run

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from infra.config import GIB_PER_VCPU, NodePool, Resources, StackConfig, cpu_millicores, memory_bytes
-from infra.k8s.prometheus_stack import RESOURCES as MONITORING_RESOURCES
-
-_MIB = 2**20
-_GIB = 2**30
+from infra.catalog import GIB_PER_VCPU, PROMETHEUS_STACK_RESOURCES, instance_cpu_sizes
+from infra.quantity import GIB as _GIB
+from infra.quantity import MIB as _MIB
+from infra.quantity import cpu_millicores, memory_bytes
+from infra.schema import NodePool, Resources, StackConfig
 
 MAX_PODS = 110
 """Pods per node assumed for the kubelet's memory reservation (11 MiB each + 255 MiB): Karpenter's
@@ -57,12 +57,10 @@ class NodeShape:
 
 def largest_node(pool: NodePool) -> NodeShape:
     """The biggest instance the pool's requirements allow (most vCPUs, most memory per vCPU)."""
-    from infra.aws.karpenter import instance_cpu_values
-
-    sizes = instance_cpu_values(pool)
+    sizes = instance_cpu_sizes(pool.min_instance_cpu, pool.max_instance_cpu)
     if not sizes:
         raise ValueError(f"instance sizes {pool.min_instance_cpu}..{pool.max_instance_cpu} vCPUs include no EC2 size")
-    vcpus = int(sizes[-1])
+    vcpus = sizes[-1]
     memory = vcpus * max(GIB_PER_VCPU[c] for c in pool.instance_categories) * _GIB
     daemon_cpu = sum(cpu_millicores(cpu) for cpu, _ in DAEMONSET_REQUESTS.values())
     daemon_memory = sum(memory_bytes(mem) for _, mem in DAEMONSET_REQUESTS.values())
@@ -113,7 +111,7 @@ def pool_pods(cfg: StackConfig) -> dict[str, list[PodGroup]]:
             1,
             1,
         )
-        for pod, resources in MONITORING_RESOURCES.items()
+        for pod, resources in PROMETHEUS_STACK_RESOURCES.items()
         if w.monitoring.install
     ]
     return {
