@@ -33,7 +33,8 @@ from distributed import Client
 from rich.console import Console
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
-from ml import schema
+from ml import decisions, schema
+from ml.cli_types import float_between
 from ml.cluster import dask_client, package_versions
 from ml.errors import BadInputError, GateRejectedError, InfrastructureError
 from ml.features import is_validation, normalise_column
@@ -57,6 +58,7 @@ class TrainResult:
     gate: str
     metrics: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
+    review_threshold: float | None = None
 
 
 @contextmanager
@@ -112,11 +114,16 @@ def train(
     scheduler: str | None = None,
     dask_timeout: float = 30.0,
     candidate: bool = False,
+    target_accuracy: float = decisions.DEFAULT_TARGET_ACCURACY,
+    html_report: bool = False,
 ) -> TrainResult:
     """Train on labelled records and register the model; LATEST moves only if the gate passes.
 
     With ``candidate`` the gated version becomes the registry's CANDIDATE instead, to be tried on
-    live traffic (shadow or canary) before ``ml models promote``.
+    live traffic (shadow or canary) before ``ml models promote``. The review threshold is chosen on
+    the validation rows' predictions so the auto-accepted ones reach ``target_accuracy``
+    (:mod:`ml.decisions`); ``html_report`` also measures the facility novelty folds and writes the HTML
+    report beside the model (:mod:`ml.report`).
     """
     started = time.perf_counter()
     with step("validating data"):
@@ -152,6 +159,24 @@ def train(
                     # The reference the serving drift alerts compare live traffic with: confidences
                     # on descriptions the model has not seen, as live traffic mostly is.
                     profile = validation_profile(validated.confidence)
+                    decided = decisions.train_record(
+                        validation[schema.CATEGORY].to_numpy(dtype=object),
+                        validated,
+                        target_accuracy,
+                        estimate_frame[schema.CATEGORY].value_counts().to_dict(),
+                        source=f"{ESTIMATE_METHOD} validation rows",
+                    )
+                chosen = decided["threshold"]
+                console.print(
+                    f"review threshold {chosen['threshold']:.4f}: auto-accepts {chosen['coverage']:.1%} of the "
+                    f"validation rows at accuracy {chosen['accuracy'] or 0:.4f} (target {target_accuracy:g})"
+                )
+                novelty = None
+                if html_report:
+                    from ml.report import novelty_folds
+
+                    with step("measuring the facility novelty folds (--report), on Dask"):
+                        novelty = novelty_folds(frame, target_accuracy)
                 console.print(f"estimated accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}")
                 with step(f"fitting the final calibrated model on all {len(frame)} rows on Dask"):
                     pipeline = fit_model(frame, params, n_jobs=-1)
@@ -167,6 +192,10 @@ def train(
         # the estimate: the search and a fit on the estimate_rows outside the split, scored on validation_rows
         "metrics": scores,
         PROFILE_KEY: profile,
+        "review_threshold": chosen["threshold"],
+        "target_accuracy": target_accuracy,
+        "decisions": decided,
+        "novelty": novelty,
         "params": json_params,
         "search": [{**r, "params": {k: _jsonable(v) for k, v in r["params"].items()}} for r in search_results],
         "data": {
@@ -186,6 +215,10 @@ def train(
     }
     with step("storing the model"):
         version = registry.save(pipeline, model_metadata)
+    if html_report:
+        from ml.report import write_beside_model
+
+        console.print(f"report: {write_beside_model(registry, version)}")
     decision = registry.gate(scores, gate_tolerance)
     if not decision.promoted:
         raise GateRejectedError(
@@ -194,10 +227,10 @@ def train(
     if candidate:
         registry.propose(version)
         console.print(f"[green]CANDIDATE[/] -> {version} ({decision.reason}); LATEST stays {baseline_latest}")
-        return TrainResult(version, False, decision.reason, scores, json_params)
+        return TrainResult(version, False, decision.reason, scores, json_params, chosen["threshold"])
     registry.promote(version)
     console.print(f"[green]LATEST[/] -> {version} ({decision.reason})")
-    return TrainResult(version, decision.promoted, decision.reason, scores, json_params)
+    return TrainResult(version, decision.promoted, decision.reason, scores, json_params, chosen["threshold"])
 
 
 def _n_candidates() -> int:
@@ -232,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         dask_timeout=args.dask_timeout,
         candidate=args.candidate,
+        target_accuracy=args.target_accuracy,
+        html_report=args.report,
     )
     print(
         json.dumps(
@@ -242,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
                 "gate": result.gate,
                 "accuracy": result.metrics["accuracy"],
                 "macro_f1": result.metrics["macro_f1"],
+                "review_threshold": result.review_threshold,
             }
         )
     )
@@ -264,6 +300,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds of the search")
     parser.add_argument(
         "--candidate", action="store_true", help="make the gated version the CANDIDATE instead of LATEST"
+    )
+    parser.add_argument(
+        "--target-accuracy",
+        type=float_between(0.0, 1.0),
+        default=decisions.DEFAULT_TARGET_ACCURACY,
+        help="accuracy the auto-accepted lines should reach; sets the model's review threshold "
+        f"(default {decisions.DEFAULT_TARGET_ACCURACY})",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also measure the facility novelty folds and write report.html beside the model",
     )
     add_dask_arguments(parser)
     parser.set_defaults(func=run)

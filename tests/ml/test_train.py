@@ -51,7 +51,8 @@ def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample
     )
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
-    assert set(metrics) == {"accuracy", "macro_f1", "n_rows", "per_class"}
+    assert set(metrics) == {"accuracy", "macro_f1", "n_rows", "per_class", "at_threshold", "curve", "reliability"}
+    assert metrics["at_threshold"]["threshold"] == meta["review_threshold"]
     assert metrics["n_rows"] == 3000 and (tmp_path / "cm.png").stat().st_size > 10_000
 
     listed = ml("models", "list", "--store", store, "--json")
