@@ -49,6 +49,7 @@ demo: env
 	$(PY) -m ml demo
 
 bench: env
+	$(PY) bench/setup_times.py --publish
 	$(PY) bench/training.py
 	$(PY) bench/serving.py
 	$(PY) bench/batch_predict.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -147,3 +148,144 @@ def test_every_serving_setting_is_documented() -> None:
     documented = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
     missing = [f"ML_{name.upper()}" for name in ServeSettings.model_fields if f"`ML_{name.upper()}`" not in documented]
     assert missing == [], f"serving settings missing from docs/serving.md#settings: {missing}"
+
+
+# -- shell examples ------------------------------------------------------------------------------
+
+EXTERNAL_TOOLS = {"curl", "kind", "kubectl", "pulumi", "git", "aws", "docker"} | {
+    "cd",
+    "export",
+    "less",
+    "ls",
+    "seq",
+    "printf",
+    "echo",
+    "cat",
+    "head",
+    "mkdir",
+    "rm",
+    "cp",
+    "time",
+}
+"""Commands the docs may name that the project does not install: the user's own tools."""
+_SHELL_FENCES = ("bash", "sh", "shell")
+
+
+def shell_commands(page: Path) -> list[list[str]]:
+    """Every simple command of the page's shell examples, as words (env assignments dropped).
+
+    A synopsis line (``[A | B]`` or ``A|B`` alternatives) is one command: its ``|`` is not a pipe.
+    """
+    commands = []
+    for token in _tokens(page):
+        if token.type != "fence" or token.info.strip() not in _SHELL_FENCES:
+            continue
+        pending = ""
+        for line in token.content.replace("\\\n", " ").splitlines():
+            line = f"{pending} {line}" if pending else line
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()")
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            try:
+                tokens = list(lexer)
+            except ValueError:  # a quoted string that goes on on the next line
+                pending = line
+                continue
+            pending = ""
+            synopsis = "[" in line or re.search(r"\S\|\S", line)  # `[A | B]`, `A|B`: alternatives, not pipes
+            operators = {"&&", "||", ";", "(", ")", "$("} | (set() if synopsis else {"|"})
+            words: list[str] = []
+            for word in [*tokens, ";"]:
+                if word in operators or word.endswith("$("):
+                    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+                        words = words[1:]
+                    if words:
+                        commands.append(words)
+                    words = []
+                else:
+                    words.append(word)
+    return commands
+
+
+def _make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return set(re.findall(r"^([a-z][a-z-]*):", text, re.M))
+
+
+def command_problem(words: list[str]) -> str | None:
+    """Why a documented command cannot run as written on a machine set up by ``make env``, or None."""
+    program = words[0]
+    if program in ("python", ".venv/bin/python", "python3"):
+        if words[1:2] != ["-m"] and not (len(words) > 1 and (ROOT / words[1]).is_file()):
+            return f"{' '.join(words)}: neither `-m <module>` nor a script of the repository"
+        return None
+    if program.startswith(".venv/bin/"):
+        return None if (ROOT / program).exists() else f"{program} is not installed by `make env`"
+    if program == "make":
+        missing = [t for t in words[1:] if not t.startswith("-") and t not in _make_targets()]
+        return f"make {' '.join(missing)}: no such Makefile target" if missing else None
+    if "/" in program:
+        return None if (ROOT / program).exists() else f"{program} does not exist"
+    if program in EXTERNAL_TOOLS:
+        return None
+    return f"`{program}` is neither installed by the project nor a documented prerequisite (bare name on PATH?)"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_shell_examples_name_commands_that_exist(page: Path) -> None:
+    assert [p for words in shell_commands(page) if (p := command_problem(words))] == []
+
+
+def test_a_bare_tool_name_is_caught() -> None:
+    assert command_problem(["checkov", "-d", "render"]) is not None
+    assert command_problem([".venv/bin/checkov", "-d", "render"]) is None
+    assert command_problem(["make", "nonsense"]) is not None
+
+
+def _module_commands() -> list[tuple[str, ...]]:
+    """Each distinct ``python -m <module> [<subcommand>...]`` prefix the docs use."""
+    found: set[tuple[str, ...]] = set()
+    for page in PAGES:
+        for words in shell_commands(page):
+            if words[0] in ("python", ".venv/bin/python") and words[1:2] == ["-m"] and len(words) > 2:
+                prefix = [words[2]]
+                for word in words[3:]:
+                    if word.startswith("-") or not re.fullmatch(r"[a-z][a-z-]*", word):
+                        break
+                    prefix.append(word)
+                found.add(tuple(prefix))
+    return sorted(found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", _module_commands(), ids=" ".join)
+def test_documented_module_commands_run(prefix: tuple[str, ...]) -> None:
+    """``--help`` of every documented ``python -m`` command runs: the module and its subcommands exist."""
+    import subprocess
+    import sys
+
+    # Positional arguments (a version name, a stack) are not subcommands: drop trailing words until
+    # the parser accepts the prefix, but never below the module itself.
+    words = list(prefix)
+    while True:
+        result = subprocess.run(
+            [sys.executable, "-m", *words, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        if result.returncode == 0 or len(words) == 1:
+            break
+        words.pop()
+    assert result.returncode == 0, f"python -m {' '.join(words)} --help failed:\n{result.stderr[-2000:]}"
+    assert "usage" in result.stdout.lower()
+
+
+def test_every_published_benchmark_table_has_a_producer() -> None:
+    """docs/benchmarks.md's marked tables are written by a bench script, never typed by hand."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from publish import blocks
+
+    producers = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "bench").glob("*.py"))
+    names = blocks()
+    assert "setup-times" in names
+    assert [n for n in names if f'publish("{n}"' not in producers] == []
