@@ -92,7 +92,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         opts=pulumi.ResourceOptions(parent=cluster),
     )
     cluster.add_pool_addons(karpenter.node_pools)
-    registry = Registry("registry", cfg.ecr, cfg.protection, opts=opts)
+    registry = Registry("registry", cfg.ecr, cfg.protection, opts=opts, running_digest=cfg.image_digest)
     storage = Storage("storage", cfg.storage, bucket_prefix=f"{PROJECT}-{stack}-", protection=cfg.protection, opts=opts)
     identities = Identities(
         "identities",

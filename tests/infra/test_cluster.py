@@ -444,7 +444,7 @@ def test_vpc_flow_logs_into_an_encrypted_log_group(stack: str) -> None:
 @pytest.mark.parametrize("stack", AWS_STACKS)
 def test_registry_keeps_the_newest_tagged_images(stack: str) -> None:
     policy = json.loads(one(cached_run(stack), "aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
-    tagged = [r for r in policy["rules"] if r["selection"]["tagStatus"] == "tagged"]
+    tagged = [r for r in policy["rules"] if r["selection"].get("tagPatternList") == ["*"]]
     assert len(tagged) == 1 and tagged[0]["selection"]["countType"] == "imageCountMoreThan"
     assert tagged[0]["selection"]["countNumber"] >= 10
 
