@@ -13,10 +13,12 @@ each in turn, beside the plain baseline (:func:`ml.model.build_baseline`) on the
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from ml import schema
+from ml.cli_types import output_file, positive_int, share
 from ml.decisions import (
     DEFAULT_REVIEW_THRESHOLD,
     DEFAULT_TARGET_ACCURACY,
@@ -37,12 +40,14 @@ from ml.decisions import (
 )
 from ml.errors import BadInputError
 from ml.features import normalise_column
-from ml.model import predict
+from ml.model import Predictions, predict
 from ml.registry import ModelRegistry
 from ml.settings import add_model_name_argument, default_store
 
 #: Classes shown in the confusion-matrix plot; the rest are pooled as "(other)".
 PLOT_CLASSES = 25
+#: Rows read, validated and predicted at a time: the text of at most this many rows is in memory.
+DEFAULT_CHUNK_ROWS = 20_000
 
 
 def metrics(y_true: pd.Series | np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
@@ -66,7 +71,11 @@ Fit = Callable[[pd.DataFrame], Any]
 
 
 def leave_one_group_out(
-    frame: pd.DataFrame, column: str, fits: dict[str, Fit], target: float = DEFAULT_TARGET_ACCURACY
+    frame: pd.DataFrame,
+    column: str,
+    fits: dict[str, Fit],
+    target: float = DEFAULT_TARGET_ACCURACY,
+    progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Fit each recipe on every ``column`` value but one, score it on that one's novel descriptions.
 
@@ -76,15 +85,18 @@ def leave_one_group_out(
     ``recipe``, ``rows`` (scored: novel), ``fold_rows`` (all held-out rows), ``accuracy``,
     ``macro_f1``, ``coverage`` (the most lines a threshold accepts at ``target`` accuracy), ``fit_s``;
     a fold without novel rows has no scores. A category the training folds never saw counts against
-    every recipe alike.
+    every recipe alike. ``progress`` gets a line as each held-out value starts and ends (each costs
+    a full fit per recipe, minutes on the shipped data).
     """
     groups = sorted(frame[column].unique())
     if len(groups) < 2:
         raise BadInputError(f"leave-one-out by {column} needs at least two distinct values of {column}, got {groups}")
     rows = []
-    for group in groups:
+    for number, group in enumerate(groups, start=1):
         held = (frame[column] == group).to_numpy()
         train, fold = frame[~held], frame[held]
+        if progress:
+            progress(f"[{number}/{len(groups)}] {group}: fitting on {len(train)} rows, scoring {len(fold)}")
         seen = set(normalise_column(train[schema.DESCRIPTION]))
         test = fold[~pd.Series(normalise_column(fold[schema.DESCRIPTION])).isin(seen).to_numpy()]
         for name, fit in fits.items():
@@ -111,6 +123,10 @@ def leave_one_group_out(
                     "fit_s": seconds,
                 }
             )
+        if progress:
+            done = rows[-len(fits) :]
+            figures = ", ".join(f"{row['recipe']} macro-F1 {row['macro_f1']:.3f}" for row in done)
+            progress(f"[{number}/{len(groups)}] {group}: {figures} ({sum(row['fit_s'] for row in done):.0f}s)")
     return pd.DataFrame(rows)
 
 
@@ -165,7 +181,6 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: st
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.03, label="share of true class")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -182,24 +197,127 @@ def registry_for(model: str, name: str) -> tuple[ModelRegistry, str]:
     return ModelRegistry(model, name), "latest"
 
 
+def read_chunks(path: str, encoding: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A records file ``chunk_rows`` rows at a time, typed as :func:`ml.schema.read_records` types it.
+
+    Each chunk's index continues the previous one's, so a bad row's position names it in reports.
+    """
+    lower = path.lower()
+    try:
+        codecs.lookup(encoding)
+        if lower.endswith((".parquet", ".pq")) or lower.rstrip("/").endswith(("/", "parquet")):
+            import fsspec
+            import pyarrow.dataset
+
+            fs, root = fsspec.core.url_to_fs(path)
+            start = 0
+            for batch in pyarrow.dataset.dataset(root, filesystem=fs, format="parquet").to_batches(
+                batch_size=chunk_rows
+            ):
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield frame
+            return
+        with pd.read_csv(
+            path,
+            dtype={c: "string" for c in schema.TEXT_COLUMNS},
+            keep_default_na=False,
+            na_values={schema.COST: ["", "NA", "NaN", "nan"]},
+            encoding=encoding,
+            encoding_errors="strict",
+            chunksize=chunk_rows,
+        ) as reader:
+            yield from reader
+    except LookupError as exc:
+        raise BadInputError(f"unknown encoding {encoding!r} (--encoding); e.g. utf-8, cp1252, latin-1") from exc
+    except FileNotFoundError as exc:
+        raise BadInputError(f"data file not found: {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInputError(
+            f"cannot read {path} as {encoding} text ({exc}); pass the file's encoding with --encoding, "
+            "e.g. --encoding cp1252 for Windows exports or --encoding latin-1"
+        ) from exc
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        raise BadInputError(f"cannot read {path}: {exc}") from exc
+
+
+def predict_file(
+    pipeline: Any, path: str, encoding: str, chunk_rows: int, max_bad_share: float
+) -> tuple[schema.ValidationReport, np.ndarray, Predictions]:
+    """Validate and predict a labelled file in chunks: (validation report, true labels, predictions).
+
+    Only the per-row results are kept (about 60 bytes a row: labels and categories point at one
+    shared string per class), never the rows' text, so memory no longer grows with the descriptions.
+    Ids are checked for duplicates across chunks through their 8-byte hashes.
+    """
+    n_rows = 0
+    bad: dict[str, list[str]] = {}
+    bad_positions: list[int] = []
+    seen_ids = np.zeros(0, dtype=np.uint64)
+    labels: dict[str, str] = {}
+    truths: list[np.ndarray] = []
+    parts: list[Predictions] = []
+    for chunk in read_chunks(path, encoding, chunk_rows):
+        report = schema.validate(chunk, labeled=True)
+        typed = schema.coerce(chunk, labeled=True)
+        rejected = report.bad_rows.copy()
+        for reason, ids in report.bad.items():
+            bad.setdefault(reason, []).extend(ids)
+        present = (typed[schema.ID].str.strip() != "").to_numpy()
+        hashes = pd.util.hash_pandas_object(typed[schema.ID], index=False).to_numpy()
+        again = present & ~rejected & np.isin(hashes, seen_ids)
+        if again.any():
+            bad.setdefault("id is duplicated", []).extend(typed[schema.ID][again].astype(str))
+            rejected |= again
+        seen_ids = np.union1d(seen_ids, hashes[present])
+        bad_positions.extend((n_rows + np.flatnonzero(rejected)).tolist())
+        n_rows += len(chunk)
+        good = typed[~rejected]
+        if len(good):
+            truths.append(np.array([labels.setdefault(t, t) for t in good[schema.CATEGORY]], dtype=object))
+            parts.append(predict(pipeline, good[schema.FEATURE_COLUMNS]))
+    bad_rows = np.zeros(n_rows, dtype=bool)
+    bad_rows[bad_positions] = True
+    report = schema.ValidationReport(n_rows=n_rows, bad=bad, bad_rows=bad_rows)
+    if report.bad_share > max_bad_share:
+        raise BadInputError(
+            f"{report.summary()}\nrefusing: bad-row share {report.bad_share:.1%} exceeds the limit "
+            f"{max_bad_share:.1%} (--max-bad-share)"
+        )
+    if not parts:
+        raise BadInputError(f"no valid labelled rows in {path}")
+    predictions = Predictions(
+        category=np.concatenate([p.category for p in parts]),
+        confidence=np.concatenate([p.confidence for p in parts]),
+        top_categories=np.concatenate([p.top_categories for p in parts]),
+        top_probabilities=np.concatenate([p.top_probabilities for p in parts]),
+    )
+    return report, np.concatenate(truths), predictions
+
+
 def run(args: argparse.Namespace) -> int:
-    raw = schema.read_records(args.data, encoding=args.encoding)
-    frame, report = schema.clean(raw, labeled=True, max_bad_share=args.max_bad_share)
     if args.by:
+        raw = schema.read_records(args.data, encoding=args.encoding)
+        frame, report = schema.clean(raw, labeled=True, max_bad_share=args.max_bad_share)
         return _run_leave_one_out(frame, report, args)
     registry, version = registry_for(args.model, args.model_name)
     loaded = registry.load(args.version or version)
-    predictions = predict(loaded.pipeline, frame[schema.FEATURE_COLUMNS])
-    predicted = predictions.category
-    result = metrics(frame[schema.CATEGORY].to_numpy(), predicted)
-    threshold, source = review_threshold(loaded.metadata, None, DEFAULT_REVIEW_THRESHOLD)
-    result.update(evaluation(frame[schema.CATEGORY].to_numpy(dtype=object), predictions, threshold, source))
-    plot = plot_confusion(
-        frame[schema.CATEGORY].to_numpy(dtype=object),
-        np.asarray(predicted, dtype=object),
-        Path(args.plot or f"var/reports/confusion-{loaded.version}.png"),
-        f"{registry.name} {loaded.version} on {Path(args.data).name}",
+    report, truth, predictions = predict_file(
+        loaded.pipeline, args.data, args.encoding, args.chunk_rows, args.max_bad_share
     )
+    predicted = predictions.category
+    result = metrics(truth, predicted)
+    threshold, source = review_threshold(loaded.metadata, None, DEFAULT_REVIEW_THRESHOLD)
+    result.update(evaluation(truth, predictions, threshold, source))
+    plot = None
+    if args.plot:
+        plot = plot_confusion(
+            truth,
+            np.asarray(predicted, dtype=object),
+            args.plot,
+            f"{registry.name} {loaded.version} on {Path(args.data).name}",
+        )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -207,8 +325,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {registry.name} {loaded.version}  rows {result['n_rows']}")
     print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}")
     print("\n".join(describe(result["at_threshold"])))
-    print(classification_report(frame[schema.CATEGORY], predicted, zero_division=0))
-    print(f"confusion matrix: {plot}")
+    print(classification_report(truth, predicted, zero_division=0))
+    if plot:
+        print(f"confusion matrix: {plot}")
     return 0
 
 
@@ -217,7 +336,13 @@ def _run_leave_one_out(frame: pd.DataFrame, report: schema.ValidationReport, arg
         raise BadInputError(
             f"--by must be one of {schema.CONTRACT}, {schema.DEPARTMENT}, {schema.COST}; got {args.by!r}"
         )
-    results = leave_one_group_out(frame, args.by, fit_recipes())
+    print(
+        f"leave one {args.by} out: {frame[args.by].nunique()} folds, each a fit of the model and of the baseline",
+        file=sys.stderr,
+    )
+    results = leave_one_group_out(
+        frame, args.by, fit_recipes(), progress=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     table = side_by_side(results)
     if args.json:
         folds = results.drop(columns="fit_s").to_dict(orient="records")
@@ -244,8 +369,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--version", help="version to evaluate (default: LATEST or the one in --model)")
     parser.add_argument("--data", required=True, help="labelled CSV or parquet (path or URL)")
     schema.add_encoding_argument(parser)
-    parser.add_argument("--plot", help="where to write the confusion-matrix PNG")
-    parser.add_argument("--max-bad-share", type=float, default=0.05, help="refuse above this share of bad rows")
+    parser.add_argument(
+        "--plot", type=output_file, help="write the confusion-matrix PNG to this file (its directory must exist)"
+    )
+    parser.add_argument("--max-bad-share", type=share, default=0.05, help="refuse above this share of bad rows")
+    parser.add_argument(
+        "--chunk-rows",
+        type=positive_int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"rows read and predicted at a time; bounds memory (default {DEFAULT_CHUNK_ROWS})",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument(
         "--by",
