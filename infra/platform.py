@@ -109,6 +109,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
             "prometheus-stack",
             cfg.workloads.monitoring,
             kubernetes_version=cfg.cluster.version,
+            alerting=cfg.alerting,
             k8s_provider=cluster.provider,
             after=list(karpenter.node_pools),
             opts=opts,

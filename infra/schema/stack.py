@@ -9,11 +9,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from infra.catalog import PROMETHEUS_STACK_RELEASE
+from infra.schema.alerting import Alerting
 from infra.schema.base import Model, empty_to_none
 from infra.schema.platform import Cluster, Ecr, Network, Protection, Storage
 from infra.schema.workloads import Workloads
 
-SECRET_KEYS: frozenset[str] = frozenset({"databaseUrl", "kubeconfig", "storageAccessKeyId", "storageSecretAccessKey"})
+SECRET_KEYS: frozenset[str] = frozenset(
+    {"alerting", "databaseUrl", "kubeconfig", "storageAccessKeyId", "storageSecretAccessKey"}
+)
 """Top-level keys that must be set with ``pulumi config set --secret``."""
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -56,6 +59,11 @@ class StackConfig(Model):
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on every AWS resource.")
     workloads: Workloads = Field(description="Kubernetes workloads (namespace, Dask, serving, jobs).")
+    alerting: Alerting = Field(
+        default_factory=Alerting,
+        description="Alertmanager receivers by severity (secret: holds their URLs; eks mode with "
+        "`workloads.monitoring.install`). See docs/operations.md.",
+    )
 
     @field_validator("image_digest", mode="before")
     @classmethod

@@ -111,7 +111,7 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
         "unknown top-level key",
         "clusterr",
         {"mode": "eks"},
-        "purchase-classifier:clusterr: unknown key; allowed keys here: cluster,",
+        "purchase-classifier:clusterr: unknown key; allowed keys here: alerting, cluster,",
     ),
     (
         "unknown nested key",

@@ -56,3 +56,11 @@ def operator_crd_dir() -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"go mod download of the Prometheus Operator failed:\n{result.stdout}{result.stderr}")
     return Path(json.loads(result.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+
+
+def alertmanager_binary() -> str:
+    return _binary("prometheus-alertmanager")  # Debian's name for alertmanager
+
+
+def amtool_binary() -> str:
+    return _binary("amtool")
