@@ -11,7 +11,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("infra.render", "infra.promote")
+COMMAND_MODULES = ("infra.render", "infra.promote", "infra.reach")
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:

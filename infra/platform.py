@@ -84,6 +84,7 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         "karpenter",
         cluster_name=cluster.name,
         pools=cfg.cluster.node_pools,
+        ami_release=cfg.cluster.node_ami_release,
         region=region,
         account_id=account_id,
         k8s_provider=cluster.provider,

@@ -1,9 +1,11 @@
 """Fail fast, and say why, when this machine cannot reach a stack's Kubernetes API.
 
-staging and prod have private API endpoints (dev's is limited to the office range), so their previews,
-deploys and drift checks run on self-hosted runners inside each account's network. A job that lands
-on a runner without that route would otherwise hang in the Kubernetes provider until the job
-timeout; this check answers within ``--timeout`` seconds instead, naming the runner label to use.
+staging and prod have private API endpoints (dev's is limited to the office range), reached from the
+networks their stack file lists (``cluster.privateAccess``). A job that lands on a runner without that
+route would otherwise hang in the Kubernetes provider until the job timeout; this check answers within
+``--timeout`` seconds instead. It tells three failures apart: a stack file that lets nobody in (the key
+to set), missing AWS credentials (the network was never tried), and a network that does not answer
+(the networks that may).
 
 Usage (in a workflow, with the stack's AWS credentials)::
 
@@ -20,14 +22,42 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from infra.mockrun import ROOT, load_stack_config
+from pydantic import ValidationError
 
+from infra.checks.access import api_access_problems
+from infra.config import NAMESPACE
+from infra.mockrun import ROOT, load_stack_config
+from infra.schema import Cluster
+
+_DESCRIPTION = (__doc__ or "").split("\n\n")[0]
 TIMEOUT_SECONDS = 10.0
 """A TCP handshake inside a VPC takes milliseconds; ten seconds rules out slow DNS, not a missing route."""
 
 
 class Unreachable(Exception):
     """The API endpoint did not accept a TCP connection in time."""
+
+
+class NoWayIn(Exception):
+    """The stack file lets nothing reach its private endpoint; nothing to try."""
+
+
+class NoCredentials(Exception):
+    """AWS refused (or found no) credentials to look the cluster up; the network was not tried."""
+
+
+CREDENTIAL_ERRORS = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "AccessDenied",
+        "AccessDeniedException",
+        "SignatureDoesNotMatch",
+    }
+)
+"""``eks:DescribeCluster`` error codes that are about who is asking, not where."""
 
 
 def check_reachable(endpoint: str, timeout: float = TIMEOUT_SECONDS) -> None:
@@ -48,48 +78,117 @@ def check_reachable(endpoint: str, timeout: float = TIMEOUT_SECONDS) -> None:
         raise Unreachable(f"{parts.hostname}:{port}: {exc.strerror or exc}") from exc
 
 
-def eks_endpoint(stack: str, root: Path = ROOT) -> str | None:
-    """The API endpoint of the stack's EKS cluster (name and region from its stack file); ``None``
-    before the first deploy created it (a preview then only plans to create it: nothing to reach).
+def stack_cluster(stack: str, root: Path = ROOT) -> tuple[Cluster, str]:
+    """The stack file's ``cluster`` (typed) and region, checked for a way in.
 
-    :raises Unreachable: the stack file names no EKS cluster, or AWS cannot describe it.
+    :raises Unreachable: the stack file names no EKS cluster.
+    :raises NoWayIn: its endpoint is private and no network may reach it (the message names the key).
     """
-    import boto3  # only for EKS stacks
-    from botocore.exceptions import BotoCoreError, ClientError
-
     config = load_stack_config(stack, root)
-    cluster = config.get("purchase-classifier:cluster") or {}
-    if cluster.get("mode") != "eks" or "aws:region" not in config:
+    raw = config.get(f"{NAMESPACE}cluster") or {}
+    if raw.get("mode") != "eks" or "aws:region" not in config:
         raise Unreachable(f"stack {stack!r} has no EKS cluster to look up; give --endpoint")
     try:
-        described = boto3.client("eks", region_name=config["aws:region"]).describe_cluster(name=cluster["name"])
+        cluster = Cluster.model_validate(raw)
+    except ValidationError as exc:
+        raise NoWayIn(f"{NAMESPACE}cluster in Pulumi.{stack}.yaml is invalid: {exc}") from None
+    problems = api_access_problems(cluster, NAMESPACE)
+    if problems:
+        raise NoWayIn("; ".join(problems))
+    return cluster, str(config["aws:region"])
+
+
+def routes(cluster: Cluster) -> str:
+    """Where the endpoint may be reached from, as the stack file says."""
+    ways = [f"network {c}" for c in cluster.private_access.cidrs]
+    ways += [f"security group {g}" for g in cluster.private_access.security_group_ids]
+    if cluster.endpoint_public_access:
+        ways += [f"public address in {c}" for c in cluster.public_access_cidrs]
+    return ", ".join(ways)
+
+
+def eks_endpoint(cluster: Cluster, region: str) -> str | None:
+    """The API endpoint of the EKS cluster; ``None`` before the first deploy created it (a preview then
+    only plans to create it: nothing to reach).
+
+    :raises NoCredentials: no credentials, or AWS refused them.
+    :raises Unreachable: AWS could not be asked (its API unreachable) or answered another error.
+    """
+    import boto3  # only for EKS stacks
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+    try:
+        # A session of its own: boto3's default session keeps the first credentials it found.
+        eks = boto3.session.Session().client("eks", region_name=region)
+        described = eks.describe_cluster(name=cluster.name)
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise NoCredentials(str(exc)) from exc
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "ResourceNotFoundException":
             return None
-        raise Unreachable(f"cannot describe EKS cluster {cluster['name']!r}: {exc}") from exc
+        if code in CREDENTIAL_ERRORS:
+            raise NoCredentials(str(exc)) from exc
+        raise Unreachable(f"cannot describe EKS cluster {cluster.name!r}: {exc}") from exc
     except BotoCoreError as exc:
-        raise Unreachable(f"cannot describe EKS cluster {cluster['name']!r}: {exc}") from exc
+        raise Unreachable(f"cannot describe EKS cluster {cluster.name!r}: {exc}") from exc
     return str(described["cluster"]["endpoint"])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.reach", description=__doc__.split("\n\n")[0])
+def _arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--stack", help="an eks-mode stack: look its cluster endpoint up (AWS credentials)")
     where.add_argument("--endpoint", help="an API endpoint URL, https://host[:port]")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_SECONDS, help="seconds (default %(default)s)")
-    args = parser.parse_args(argv)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``python -m infra reach`` (the same as ``python -m infra.reach``)."""
+    parser = subparsers.add_parser(
+        "reach", help="check that this machine can reach a stack's Kubernetes API", description=_DESCRIPTION
+    )
+    _arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.reach", description=_DESCRIPTION)
+    _arguments(parser)
+    return run(parser.parse_args(argv), root)
+
+
+def run(args: argparse.Namespace, root: Path = ROOT) -> int:
+    """Check, print the outcome, and return the exit status (0: reachable or nothing to reach yet)."""
+    allowed = ""
     try:
-        endpoint = args.endpoint or eks_endpoint(args.stack)
+        if args.endpoint:
+            endpoint: str | None = args.endpoint
+        else:
+            cluster, region = stack_cluster(args.stack, root)
+            allowed = f" (the stack admits: {routes(cluster)})"
+            endpoint = eks_endpoint(cluster, region)
         if endpoint is None:
-            print(f"reach: stack {args.stack!r} has no cluster yet; nothing to reach before its first deploy")
+            print(
+                f"reach: stack {args.stack!r} has no cluster yet; nothing to reach before its first deploy, "
+                f"which opens it to: {routes(cluster)}"
+            )
             return 0
         check_reachable(endpoint, args.timeout)
+    except NoWayIn as exc:
+        print(f"reach: nothing can reach the Kubernetes API: {exc}", file=sys.stderr)
+        return 1
+    except NoCredentials as exc:
+        print(
+            f"reach: no usable AWS credentials to look up stack {args.stack!r}'s cluster ({exc}); the network "
+            "was not tried. Give this job the stack's role (docs/delivery.md) or, by hand, `aws sso login` "
+            "or AWS_PROFILE.",
+            file=sys.stderr,
+        )
+        return 1
     except (Unreachable, FileNotFoundError) as exc:
-        label = f" (runner label pc-{args.stack})" if args.stack else ""
         print(
             f"reach: cannot reach the Kubernetes API: {exc}. Run this job on a runner inside the "
-            f"cluster's network{label}; see docs/delivery.md.",
+            f"cluster's network{allowed}; see docs/delivery.md.",
             file=sys.stderr,
         )
         return 1

@@ -45,6 +45,7 @@ ADMIN_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAd
 VIEW_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
 """Read every object, Secrets included: what `pulumi preview --refresh` reads, and no write."""
 SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
+API_PORT = 443
 IMDS_HOP_LIMIT = 1
 """IMDSv2 only, one hop: a pod (one hop further than the node) cannot read the node role's credentials."""
 
@@ -80,6 +81,13 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> d
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
         "current-context": cluster_name,
     }
+
+
+def principal_key(arn: str) -> str:
+    """A resource-name key for an IAM role ARN: ``<account>-<role path and name>`` (``/`` as ``-``)."""
+    account = arn.split(":")[4]
+    role = arn.split(":role/", 1)[1]
+    return f"{account}-{role.replace('/', '-')}"
 
 
 def _role(name: str, trust: pulumi.Input[str], policies: tuple[str, ...], parent: pulumi.Resource) -> aws.iam.Role:
@@ -173,25 +181,62 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
 
-        def access_entries(role: str, arns: Sequence[str], policy_arn: str) -> list[aws.eks.AccessEntry]:
-            """One access entry per role ARN, each granted ``policy_arn`` on the whole cluster."""
-            entries = []
+        # Who reaches the private endpoint (its network interfaces carry the cluster security group):
+        # one rule per source, named by the source, so editing the list touches only what changed.
+        for cidr in cfg.private_access.cidrs:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-api-from-{cidr.replace('/', '-')}",
+                security_group_id=cluster.vpc_config.cluster_security_group_id,
+                description="Kubernetes API from the deployer's network (cluster.privateAccess.cidrs)",
+                ip_protocol="tcp",
+                from_port=API_PORT,
+                to_port=API_PORT,
+                cidr_ipv4=cidr,
+                opts=child,
+            )
+        for group in cfg.private_access.security_group_ids:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-api-from-{group}",
+                security_group_id=cluster.vpc_config.cluster_security_group_id,
+                description="Kubernetes API from the deployer's group (cluster.privateAccess.securityGroupIds)",
+                ip_protocol="tcp",
+                from_port=API_PORT,
+                to_port=API_PORT,
+                referenced_security_group_id=group,
+                opts=child,
+            )
+
+        def access_entries(role: str, arns: Sequence[str], policy_arn: str) -> list[aws.eks.AccessPolicyAssociation]:
+            """One access entry per role ARN, each granted ``policy_arn`` on the whole cluster; both named
+            by the principal, so reordering the list changes nothing and removing one role touches only its
+            entry. The association takes the principal from its entry: it is created after the entry and
+            deleted before it."""
+            associations = []
             for i, arn in enumerate(arns):
+                key = f"{name}-{role}-{principal_key(arn)}"
+                # The list-index names of earlier versions: a stack deployed with them keeps its entries
+                # (renamed in place) on its first update, provided the list is not reordered in it too.
+                was = [pulumi.Alias(name=f"{name}-{role}-{i}")]
                 entry = aws.eks.AccessEntry(
-                    f"{name}-{role}-{i}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=child
-                )
-                entries.append(entry)
-                aws.eks.AccessPolicyAssociation(
-                    f"{name}-{role}-{i}",
+                    key,
                     cluster_name=cluster.name,
                     principal_arn=arn,
-                    policy_arn=policy_arn,
-                    access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
+                    type="STANDARD",
+                    opts=pulumi.ResourceOptions(parent=self, aliases=was),
                 )
-            return entries
+                associations.append(
+                    aws.eks.AccessPolicyAssociation(
+                        key,
+                        cluster_name=entry.cluster_name,
+                        principal_arn=entry.principal_arn,
+                        policy_arn=policy_arn,
+                        access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                        opts=pulumi.ResourceOptions(parent=self, depends_on=[entry], aliases=was),
+                    )
+                )
+            return associations
 
-        admin_entries = access_entries("admin", cfg.admin_role_arns, ADMIN_ACCESS_POLICY)
+        admin_access = access_entries("admin", cfg.admin_role_arns, ADMIN_ACCESS_POLICY)
         access_entries("viewer", cfg.viewer_role_arns, VIEW_ACCESS_POLICY)
 
         self.name = cluster.name
@@ -236,6 +281,9 @@ class Cluster(pulumi.ComponentResource):
             instance_types=list(system.instance_types),
             capacity_type="ON_DEMAND",
             ami_type=SYSTEM_AMI_TYPE,
+            # The control plane's version (an output: updated after the control plane), so a version
+            # bump upgrades the system nodes in the same `pulumi up`, one node at a time.
+            version=cluster.version,
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),
@@ -279,7 +327,7 @@ class Cluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_group, *system_addons, *admin_entries]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_group, *system_addons, *admin_access]),
         )
         self.endpoint = cluster.endpoint
         self.register_outputs({"name": self.name, "endpoint": self.endpoint, "kubeconfig": self.kubeconfig})

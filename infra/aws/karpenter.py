@@ -73,9 +73,9 @@ def instance_cpu_values(pool: NodePool) -> list[str]:
     return [str(c) for c in instance_cpu_sizes(pool.min_instance_cpu, pool.max_instance_cpu)]
 
 
-def build_ec2_node_class(name: str, cluster_name: str, node_role: str, disk_size_gb: int) -> Obj:
-    """AL2023 nodes with IMDSv2 only and hop limit 1 (pods cannot reach the node's credentials) and
-    an encrypted gp3 root volume."""
+def build_ec2_node_class(name: str, cluster_name: str, node_role: str, disk_size_gb: int, ami_release: str) -> Obj:
+    """AL2023 nodes of AMI release ``ami_release`` (``v<YYYYMMDD>`` or ``latest``), IMDSv2 only with hop
+    limit 1 (pods cannot reach the node's credentials), and an encrypted gp3 root volume."""
     selector = [{"tags": {DISCOVERY_TAG: cluster_name}}]
     return {
         "apiVersion": NODE_CLASS_API,
@@ -84,9 +84,10 @@ def build_ec2_node_class(name: str, cluster_name: str, node_role: str, disk_size
         "spec": {
             "role": node_role,
             "amiFamily": "AL2023",
-            # The newest AL2023 AMI for the control plane's version: a cluster upgrade drifts every
-            # node to the matching AMI, replaced within the NodePools' disruption budgets.
-            "amiSelectorTerms": [{"alias": "al2023@latest"}],
+            # The release's AL2023 AMI for the control plane's Kubernetes version: a cluster upgrade, or
+            # a new release in the stack file, drifts every node to the matching AMI, replaced within the
+            # NodePools' disruption budgets. `latest` also drifts them whenever AWS publishes an AMI.
+            "amiSelectorTerms": [{"alias": f"al2023@{ami_release}"}],
             "subnetSelectorTerms": selector,
             "securityGroupSelectorTerms": selector,
             "metadataOptions": {
@@ -162,14 +163,15 @@ def helm_values(cluster_name: str, queue_name: str, replicas: int) -> Obj:
     }
 
 
-def _node_class(name: str, disk_size_gb: int, values: list[str]) -> Obj:
+def _node_class(name: str, disk_size_gb: int, ami_release: str, values: list[str]) -> Obj:
     cluster_name, node_role = values
-    return build_ec2_node_class(name, cluster_name, node_role, disk_size_gb)
+    return build_ec2_node_class(name, cluster_name, node_role, disk_size_gb, ami_release)
 
 
 class Karpenter(pulumi.ComponentResource):
-    """Karpenter's AWS side, its Helm charts and the two pools (:class:`~infra.config.NodePools`).
+    """Karpenter's AWS side, its Helm charts and the two pools (:class:`~infra.schema.NodePools`).
 
+    :param ami_release: AL2023 AMI release of the nodes (``cluster.nodeAmiRelease``).
     :param k8s_provider: the cluster's Kubernetes provider (Helm releases and custom resources).
     :param replicas: controller replicas; at most the system group's minimum size, since the chart
         keeps replicas on different nodes.
@@ -183,6 +185,7 @@ class Karpenter(pulumi.ComponentResource):
         *,
         cluster_name: pulumi.Output[str],
         pools: NodePools,
+        ami_release: str,
         region: str,
         account_id: pulumi.Input[str],
         k8s_provider: k8s.Provider,
@@ -284,7 +287,7 @@ class Karpenter(pulumi.ComponentResource):
         for pool_name in ("dask", "general"):
             pool: NodePool = getattr(pools, pool_name)
             node_class = pulumi.Output.all(cluster_name, node_role.name).apply(
-                partial(_node_class, pool_name, pool.disk_size_gb)
+                partial(_node_class, pool_name, pool.disk_size_gb, ami_release)
             )
             nc = k8s.apiextensions.CustomResource(
                 f"{name}-{pool_name}-class",

@@ -15,6 +15,7 @@ from infra.schema.base import Cidr, DnsLabel, Model, Quantities
 from infra.schema.versions import DEFAULT_CLUSTER_VERSION, SUPPORTED_CLUSTER_VERSIONS
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SECURITY_GROUP_RE = re.compile(r"^sg-[0-9a-f]{8}([0-9a-f]{9})?$")
 _ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 
 
@@ -80,6 +81,46 @@ class Protection(Model):
     )
 
 
+class PrivateAccess(Model):
+    """Who reaches the private API endpoint: an ingress rule on port 443 of the cluster security group
+    for each entry (docs/delivery.md, "Reaching the cluster's API")."""
+
+    cidrs: list[Cidr] = Field(
+        default_factory=list,
+        description="Networks routed to the VPC (the CI runners' subnet, a peered VPC, a VPN's client range) "
+        "allowed to reach the API on 443; never 0.0.0.0/0.",
+    )
+    security_group_ids: list[str] = Field(
+        default_factory=list,
+        description="Security groups in the cluster's VPC (e.g. the self-hosted runners') allowed to reach the "
+        "API on 443.",
+    )
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            if ipaddress.ip_network(cidr).prefixlen == 0:
+                raise ValueError(f"{cidr!r} opens the API endpoint to every routed network; list specific CIDRs")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} lists a CIDR twice")
+        return value
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if not _SECURITY_GROUP_RE.match(group):
+                raise ValueError(f"{group!r} is not a security group id (sg- and 8 or 17 hex digits)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} lists a security group twice")
+        return value
+
+    @property
+    def empty(self) -> bool:
+        return not self.cidrs and not self.security_group_ids
+
+
 class Cluster(Model):
     """Where the workloads run."""
 
@@ -99,6 +140,17 @@ class Cluster(Model):
     )
     public_access_cidrs: list[Cidr] = Field(
         default_factory=list, description="CIDRs allowed to reach a public API endpoint; never 0.0.0.0/0."
+    )
+    private_access: PrivateAccess = Field(
+        default_factory=PrivateAccess,
+        description="Who reaches the private API endpoint on 443 (eks mode); with `endpointPublicAccess: false` "
+        "the deployer's network must be listed here.",
+    )
+    node_ami_release: str = Field(
+        default="latest",
+        pattern=r"^(latest|v\d{8})$",
+        description="AL2023 AMI release of Karpenter's nodes (`v<YYYYMMDD>`, an `amazon-eks-ami` release) or "
+        "`latest`, which rolls every node whenever AWS publishes an AMI; staging and prod pin one.",
     )
     admin_role_arns: list[str] = Field(
         default_factory=list, description="IAM roles granted cluster-admin through EKS access entries."

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +128,23 @@ def test_default_tags_cannot_be_overridden() -> None:
         "stack": "dev",
         "managed-by": "pulumi",
     }
+
+
+def test_the_kubeconfigs_exec_command_comes_with_the_project(tmp_path: Path) -> None:
+    """`aws` is installed by the project's own set-up (the locked `infra` group): the kubeconfig's exec
+    command, run from the venv alone, prints an EKS token (a presigned STS request; no network)."""
+    user = kubeconfig("pc-dev", "https://x", "Q0E=", "eu-west-1")["users"][0]["user"]["exec"]
+    venv_bin = Path(sys.executable).parent
+    command = shutil.which(user["command"], path=str(venv_bin))
+    assert command is not None, f"{user['command']!r} is not in {venv_bin}"
+    env = {
+        "PATH": str(venv_bin),
+        "HOME": str(tmp_path),
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    out = subprocess.run([command, *user["args"]], env=env, capture_output=True, text=True, timeout=120, check=True)
+    token = json.loads(out.stdout)
+    assert token["kind"] == "ExecCredential" and token["apiVersion"] == user["apiVersion"]
+    assert token["status"]["token"].startswith("k8s-aws-v1.")

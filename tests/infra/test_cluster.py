@@ -330,7 +330,7 @@ def test_node_classes_al2023_imdsv2_hop_1_encrypted_gp3(stack: str) -> None:
     cfg = stack_cfg(stack)["nodePools"]
     for r in cached_run(stack).of_type(NODE_CLASS):
         spec, name = r.inputs["spec"], r.inputs["metadata"]["name"]
-        assert spec["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+        assert spec["amiSelectorTerms"] == [{"alias": f"al2023@{stack_cfg(stack).get('nodeAmiRelease', 'latest')}"}]
         assert spec["metadataOptions"]["httpTokens"] == "required"
         assert spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
         (root,) = spec["blockDeviceMappings"]
@@ -394,6 +394,80 @@ def test_every_admin_is_an_explicit_access_entry(stack: str) -> None:
     )
     # Admins and the read-only viewers (the CI preview role), one entry each.
     assert entries == sorted(stack_cfg(stack)["adminRoleArns"] + stack_cfg(stack).get("viewerRoleArns", []))
+
+
+@pytest.mark.parametrize(("stack", "release"), [("dev", "latest"), ("staging", "v20261015"), ("prod", "v20261015")])
+def test_staging_and_prod_pin_the_nodes_ami_release_dev_floats(stack: str, release: str) -> None:
+    for r in cached_run(stack).of_type(NODE_CLASS):
+        assert r.inputs["spec"]["amiSelectorTerms"] == [{"alias": f"al2023@{release}"}]
+
+
+ENTRY = "aws:eks/accessEntry:AccessEntry"
+ASSOCIATION = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
+
+
+def _access(run: StackRun) -> dict[str, tuple[str, str]]:
+    """URN -> (principal, policy or entry type) of every access entry and policy association."""
+    return {
+        r.urn: (r.inputs["principalArn"], r.inputs.get("policyArn") or r.inputs["type"])
+        for r in run.resources
+        if r.type in (ENTRY, ASSOCIATION)
+    }
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_reordering_admin_roles_plans_no_change(stack: str) -> None:
+    """Entries and associations are named by principal: the reversed list declares the same URNs with
+    the same inputs, so a preview shows nothing to replace (no window without admin access)."""
+    cfg = copy.deepcopy(stack_cfg(stack))
+    assert len(cfg["adminRoleArns"]) >= 2
+    cfg["adminRoleArns"].reverse()
+    reordered = run_stack(stack, overrides={"cluster": cfg})
+    before = _access(cached_run(stack))
+    assert _access(reordered) == before
+    # ... and the names say whose they are (not a position in a list).
+    for urn, (principal, _) in before.items():
+        if principal in cfg["adminRoleArns"]:
+            assert urn.endswith(f"cluster-admin-{principal.split(':')[4]}-{principal.split('/', 1)[1]}")
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_policy_associations_follow_their_entries_and_the_provider_follows_both(stack: str) -> None:
+    run = cached_run(stack)
+    entries = {(e.inputs["principalArn"]): e.urn for e in run.of_type(ENTRY)}
+    associations = run.of_type(ASSOCIATION)
+    assert associations
+    for a in associations:
+        assert entries[a.inputs["principalArn"]] in a.dependencies
+    (provider,) = [r for r in run.of_type("pulumi:providers:kubernetes") if r.name == "cluster-k8s"]
+    admins = {a.urn for a in associations if a.inputs["policyArn"].endswith("AmazonEKSClusterAdminPolicy")}
+    assert admins and admins <= set(provider.dependencies)
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_the_private_endpoint_admits_the_configured_deployer_network_on_443(stack: str) -> None:
+    run = cached_run(stack)
+    cluster = one(run, "aws:eks/cluster:Cluster")
+    assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is False
+    rules = run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    access = stack_cfg(stack)["privateAccess"]
+    assert sorted(r.inputs.get("cidrIpv4") or r.inputs["referencedSecurityGroupId"] for r in rules) == sorted(
+        access.get("cidrs", []) + access.get("securityGroupIds", [])
+    )
+    for r in rules:
+        # On the group EKS puts on the endpoint's network interfaces: the mock names it sg-<cluster>.
+        assert r.inputs["securityGroupId"] == f"sg-{cluster.name}"
+        assert (r.inputs["ipProtocol"], r.inputs["fromPort"], r.inputs["toPort"]) == ("tcp", 443, 443)
+
+
+def test_a_runner_security_group_gets_its_own_rule() -> None:
+    cfg = copy.deepcopy(stack_cfg("staging"))
+    cfg["privateAccess"] = {"securityGroupIds": ["sg-0123456789abcdef0"]}
+    run = run_stack("staging", overrides={"cluster": cfg})
+    (rule,) = run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert rule.inputs["referencedSecurityGroupId"] == "sg-0123456789abcdef0"
+    assert "cidrIpv4" not in rule.inputs
+    assert rule.name == "cluster-api-from-sg-0123456789abcdef0"
 
 
 # ------------------------------------------------------------------ protection, force-destroy, logs

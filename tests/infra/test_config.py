@@ -248,6 +248,9 @@ BAD_CONFIGS: list[tuple[str, str, Any, str]] = [
         "localhost:5001/pc",
         "registry is only used when cluster.mode is 'existing'",
     ),
+    ("world private access", "cluster.privateAccess", {"cidrs": ["0.0.0.0/0"]}, "opens the API endpoint to every"),
+    ("bad security group", "cluster.privateAccess", {"securityGroupIds": ["runners"]}, "'runners' is not a security"),
+    ("bad AMI release", "cluster.nodeAmiRelease", "2026-10-15", "String should match pattern"),
     (
         "bad environment",
         "environment",
@@ -280,6 +283,41 @@ def test_todays_dev_sizing_is_refused_naming_the_keys(dev: dict[str, Any]) -> No
     for key in ("cluster.nodePools.dask.maxInstanceCpu", "workloads.dask.workers.replicas"):
         assert f"purchase-classifier:{key}" in problem
     assert "allow 1" in problem
+
+
+def test_a_private_endpoint_nobody_can_reach_is_refused_naming_the_key() -> None:
+    staging = load_stack_config("staging", ROOT)
+    with pytest.raises(ConfigError) as info:
+        _parse(_set(staging, "cluster.privateAccess", ...), stack="staging")
+    (problem,) = info.value.problems
+    assert problem.startswith("purchase-classifier:cluster.privateAccess: the API endpoint is private")
+    assert "purchase-classifier:cluster.privateAccess.cidrs" in problem
+    assert "purchase-classifier:cluster.privateAccess.securityGroupIds" in problem
+    # Either way in is enough: a runner's security group, or a public endpoint limited to CIDRs.
+    by_group = _set(staging, "cluster.privateAccess", {"securityGroupIds": ["sg-0123456789abcdef0"]})
+    assert _parse(by_group, stack="staging").cluster.private_access.security_group_ids == ["sg-0123456789abcdef0"]
+    public = _set(_set(staging, "cluster.privateAccess", ...), "cluster.endpointPublicAccess", True)
+    _parse(_set(public, "cluster.publicAccessCidrs", ["198.51.100.0/24"]), stack="staging")
+
+
+def test_private_access_is_refused_where_no_eks_cluster_reads_it() -> None:
+    local = load_stack_config("local", ROOT)
+    with pytest.raises(ConfigError, match=r"cluster\.privateAccess: only used when cluster\.mode is 'eks'"):
+        _parse(_set(local, "cluster.privateAccess", {"cidrs": ["10.0.0.0/24"]}))
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_staging_and_prod_must_pin_the_node_ami_release(stack: str) -> None:
+    raw = load_stack_config(stack, ROOT)
+    assert _parse(raw, stack).cluster.node_ami_release.startswith("v")
+    with pytest.raises(ConfigError) as info:
+        _parse(_set(raw, "cluster.nodeAmiRelease", "latest"), stack)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"purchase-classifier:cluster.nodeAmiRelease: got 'latest' in {stack}")
+
+
+def test_dev_may_float_on_the_latest_ami(dev: dict[str, Any]) -> None:
+    assert _parse(dev, "dev").cluster.node_ami_release == "latest"
 
 
 def test_committed_stacks_pass_the_capacity_check() -> None:

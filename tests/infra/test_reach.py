@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
 
+from infra import cli
+from infra.mockrun import load_stack_config
 from infra.reach import main
 from tests.support.aws_api import moto_server
 from tests.support.ports import free_port
@@ -64,7 +70,7 @@ def test_refuses_what_is_not_an_https_endpoint(capsys: pytest.CaptureFixture[str
 def test_a_stack_without_an_eks_cluster_asks_for_the_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--stack", "local"]) == 1
     err = capsys.readouterr().err
-    assert "stack 'local' has no EKS cluster to look up; give --endpoint" in err and "pc-local" in err
+    assert "stack 'local' has no EKS cluster to look up; give --endpoint" in err
 
 
 def test_before_the_first_deploy_there_is_nothing_to_reach(
@@ -77,3 +83,93 @@ def test_before_the_first_deploy_there_is_nothing_to_reach(
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         assert main(["--stack", "staging"]) == 0
         assert "stack 'staging' has no cluster yet" in capsys.readouterr().out
+
+
+def _write_stack(root: Path, stack: str, cluster: dict[str, object]) -> None:
+    config = {"aws:region": "eu-west-1", "purchase-classifier:cluster": cluster}
+    (root / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}))
+
+
+def test_a_private_endpoint_nobody_may_reach_fails_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any AWS call, and even before the cluster exists: the stack file itself lets nobody in."""
+    cluster = load_stack_config("staging")["purchase-classifier:cluster"]
+    cluster.pop("privateAccess")
+    _write_stack(tmp_path, "staging", cluster)
+    assert main(["--stack", "staging"], root=tmp_path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("reach: nothing can reach the Kubernetes API: purchase-classifier:cluster.privateAccess:")
+    assert "privateAccess.cidrs" in err
+
+
+def test_missing_credentials_are_blamed_not_the_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with moto_server() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", endpoint)
+        assert main(["--stack", "staging"]) == 1
+    err = capsys.readouterr().err
+    assert "no usable AWS credentials" in err and "the network was not tried" in err
+    assert "cannot reach" not in err and "runner inside" not in err
+
+
+def test_refused_credentials_are_blamed_not_the_network(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An AWS answer about who asks (here a real HTTP 403 with ExpiredToken) is a credentials problem."""
+
+    class Expired(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self._expired()
+
+        def do_GET(self) -> None:
+            self._expired()
+
+        def _expired(self) -> None:
+            body = b'{"message":"The security token included in the request is expired"}'
+            self.send_response(403)
+            self.send_header("x-amzn-ErrorType", "ExpiredTokenException")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Expired)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        assert main(["--stack", "staging"]) == 1
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "no usable AWS credentials" in err and "ExpiredToken" in err
+
+
+def test_before_the_first_deploy_says_who_will_reach_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with moto_server() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        assert main(["--stack", "prod"]) == 0
+    cidrs = load_stack_config("prod")["purchase-classifier:cluster"]["privateAccess"]["cidrs"]
+    assert f"network {cidrs[0]}" in capsys.readouterr().out
+
+
+def test_python_m_infra_reach_is_the_same_check(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    assert cli.main(["reach", "--endpoint", f"https://127.0.0.1:{port}", "--timeout", "1"]) == 1
+    assert "cannot reach the Kubernetes API" in capsys.readouterr().err
