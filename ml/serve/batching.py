@@ -6,11 +6,11 @@ than one. Requests queue here; a single worker builds each model call from what 
 in one thread-pool call while the event loop keeps accepting.
 
 Fairness: a call holds at most ``max_batch_records`` rows and ``max_batch_chars`` characters of text
-(the model's cost grows with both, ~1 µs a character), and every waiting request gets an equal share
-of that budget (at least one row). A request bigger than its share is answered over several calls,
-each taking the next rows, and goes to the back of the line after each, so a one-record request that
-arrives beside big ones rides in the very next call: it waits for at most one bounded call, not for
-the big requests' whole work. Rows of a request whose client went away (its future cancelled) are
+(the model's cost grows with both, ~1 µs a character). The waiting requests with the least text left
+choose first and each may take an equal share of what the call has left, so a one-record request
+that arrives beside big ones rides in the very next call: it waits for at most the one bounded call
+in progress, not for the big requests' whole work. A request bigger than its share is answered over
+several calls, each taking its next rows. Rows of a request whose client went away (its future cancelled) are
 dropped before they reach the model.
 
 The window: the worker remembers how many requests were recently in the system at once (queued or
@@ -59,8 +59,9 @@ class _Job:
     shadow: LoadedModel | None = None
     #: Characters of text per row: a call's character budget is counted with them.
     chars: list[int] = field(default_factory=list, repr=False)
-    #: The first row not yet given to a model call.
+    #: The first row not yet given to a model call, and the characters from it on.
     next_row: int = 0
+    chars_left: int = 0
     #: Answers of the rows handed out so far, in row order (one model thread: calls end in order).
     pieces: list[Result] = field(default_factory=list, repr=False)
     answered: int = 0
@@ -116,7 +117,7 @@ class MicroBatcher:
             len(d) + len(c) + len(p)
             for d, c, p in zip(columns.description, columns.contract, columns.department, strict=True)
         ]
-        self._waiting.append(_Job(model, role, columns, future, shadow, chars))
+        self._waiting.append(_Job(model, role, columns, future, shadow, chars, chars_left=sum(chars)))
         self._in_system += 1
         self._peak = max(self._peak, self._in_system)
         self._wakeup.set()
@@ -152,32 +153,38 @@ class MicroBatcher:
                 return batch
 
     def _take(self) -> list[_Slice]:
-        """One call's rows: an equal share of the row and character budgets for each waiting job,
-        in turn order; jobs with rows left go to the back of the line."""
+        """One call's rows, shared out like water filling: the waiting jobs with the least text
+        left go first, each may take an equal share of what the call has left (at least one row
+        while the call has room), so a small request takes all it needs and the rest flows to the
+        big ones. Jobs with rows left go to the back of the line."""
         jobs = self._live()
         if not jobs:
             return []
-        max_rows, max_chars = self.settings.max_batch_records, self.settings.max_batch_chars
-        share_rows = max(1, max_rows // len(jobs))
-        share_chars = max(1, max_chars // len(jobs))
+        rows_left, chars_left = self.settings.max_batch_records, self.settings.max_batch_chars
         batch: list[_Slice] = []
-        rows = chars = 0
         served: list[_Job] = []
-        for job in jobs:
+        ordered = sorted(jobs, key=lambda job: job.chars_left)  # stable: turn order among equals
+        for k, job in enumerate(ordered):
+            if rows_left <= 0:
+                break
+            share_rows = max(1, rows_left // (len(ordered) - k))
+            share_chars = max(1, chars_left // (len(ordered) - k))
             start = end = job.next_row
             taken = 0
-            while end < len(job.columns) and end - start < share_rows and rows < max_rows:
+            while end < len(job.columns) and end - start < share_rows:
                 cost = job.chars[end]
-                # Past the first row of a job (and of the call), both the share and the call's budget hold.
-                if (end > start or batch) and (taken + cost > share_chars or chars + cost > max_chars):
+                fits_share = taken + cost <= share_chars
+                first_fits = end == start and (cost <= chars_left or not batch)
+                if not (fits_share or first_fits):
                     break
                 taken += cost
-                chars += cost
-                rows += 1
                 end += 1
             if end == start:
-                break  # the call is full: the rest wait their turn
+                continue  # its next row does not fit this call: the next one
+            rows_left -= end - start
+            chars_left -= taken
             job.next_row = end
+            job.chars_left -= taken
             batch.append(_Slice(job, job.columns.rows(start, end)))
             served.append(job)
         chosen = {id(job) for job in served}

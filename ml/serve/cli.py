@@ -7,6 +7,7 @@ a flag given on the command line wins over the variable.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -74,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from ml.serve.protocol import guarded_protocol
 
     settings = settings_from_args(args)
+    # The model thread runs Python (the features' n-grams) for the whole of a call; at the default
+    # 5 ms switch interval each step of a request on the event loop could wait that long for the
+    # GIL behind it. 1 ms lets small requests through beside big ones (bench/serving_isolation.py).
+    sys.setswitchinterval(0.001)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
