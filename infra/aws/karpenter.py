@@ -311,4 +311,3 @@ class Karpenter(pulumi.ComponentResource):
         self.queue_name = queue.name
         self.node_role_arn = node_role.arn
         self.register_outputs({"queueName": self.queue_name, "nodeRoleArn": self.node_role_arn})
-

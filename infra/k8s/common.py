@@ -19,6 +19,10 @@ from infra.schema import DEFAULT_CLUSTER_VERSION, Autoscaling, Resources, Worklo
 Obj = dict[str, Any]
 """A Kubernetes object (or part of one) as plain JSON-shaped data."""
 
+NO_VOLUNTARY_DISRUPTION = {"karpenter.sh/do-not-disrupt": "true"}
+"""Karpenter does not consolidate or replace a node while a pod with this runs there: a job's run
+(hours of training) or the Dask scheduler's task graph is not thrown away to save a node."""
+
 RUN_AS_USER = 10001
 """The image's numeric non-root user and group; numeric so ``runAsNonRoot`` can be verified."""
 

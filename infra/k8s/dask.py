@@ -22,6 +22,7 @@ import pulumi_kubernetes as k8s
 from infra.k8s.common import (
     DASK_CLIENTS,
     NANNY_PORT,
+    NO_VOLUNTARY_DISRUPTION,
     SCHEDULER,
     SCHEDULER_DASHBOARD_PORT,
     SCHEDULER_PORT,
@@ -159,10 +160,22 @@ def build_scheduler_deployment(ctx: Context) -> Obj:
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector_labels(ctx, SCHEDULER)},
             "template": {
-                "metadata": {"labels": labels(ctx, SCHEDULER)},
+                # Its state (the task graph of a running job) lives only in this pod: Karpenter never
+                # moves it to consolidate or replace a node (the PDB below stops drains too).
+                "metadata": {"labels": labels(ctx, SCHEDULER), "annotations": dict(NO_VOLUNTARY_DISRUPTION)},
                 "spec": pod_spec([main], SA_DASK_SCHEDULER),
             },
         },
+    }
+
+
+def build_scheduler_pdb(ctx: Context) -> Obj:
+    """No voluntary eviction of the one scheduler (a drain waits until it is rolled between jobs)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(ctx, SCHEDULER, SCHEDULER),
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": selector_labels(ctx, SCHEDULER)}},
     }
 
 
@@ -347,6 +360,10 @@ class DaskCluster(pulumi.ComponentResource):
 
         scheduler = obj(build_scheduler_deployment)
         k8s.apps.v1.Deployment(f"{name}-scheduler", metadata=scheduler["metadata"], spec=scheduler["spec"], opts=child)
+        scheduler_pdb = obj(build_scheduler_pdb)
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-scheduler", metadata=scheduler_pdb["metadata"], spec=scheduler_pdb["spec"], opts=child
+        )
         service = obj(build_scheduler_service)
         k8s.core.v1.Service(f"{name}-scheduler", metadata=service["metadata"], spec=service["spec"], opts=child)
         workers = obj(build_worker_deployment)

@@ -18,6 +18,7 @@ from infra.k8s.common import (
     DASK_CLIENTS,
     DATABASE_SECRET,
     JOBS,
+    NO_VOLUNTARY_DISRUPTION,
     Context,
     Obj,
     container,
@@ -46,10 +47,6 @@ SERVICE_ACCOUNT = {"refresh": SA_REFRESH, "train": SA_TRAIN, "predict": SA_PREDI
 HISTORY_LIMITS = {"successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3}
 TIME_ZONE = "Etc/UTC"
 
-
-NO_VOLUNTARY_DISRUPTION = {"karpenter.sh/do-not-disrupt": "true"}
-"""Karpenter does not consolidate or replace a node while a job's pod runs there: a run (hours of
-training) is not thrown away to save a node; the job ends, then the node may go."""
 
 NON_RETRIABLE_EXIT_CODES = (ExitCode.BAD_INPUT, ExitCode.GATE_REJECTED, ExitCode.NOT_FOUND)
 """Running again gives the same answer: the Job fails at once instead of burning its retries."""

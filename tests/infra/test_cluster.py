@@ -35,7 +35,7 @@ from infra.mockrun import CapturedResource, StackRun, load_stack_config
 from infra.naming import DISCOVERY_TAG
 from infra.schema import SUPPORTED_CLUSTER_VERSIONS
 from ml.errors import ExitCode
-from tests.infra.harness import AWS_STACKS, STACKS, cached_run, run_stack
+from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, cached_run, run_stack
 
 CRD_DIR = Path(__file__).parent / "crds" / f"karpenter-v{karpenter.KARPENTER_VERSION}"
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
@@ -604,3 +604,73 @@ def test_the_program_refuses_a_stack_whose_pods_cannot_fit_before_any_resource()
     message = str(info.value)
     assert "purchase-classifier:cluster.nodePools.dask.limits: at maximum scale its pods need 2 node(s)" in message
     assert "purchase-classifier:workloads.dask.workers.replicas" in message
+
+
+# ------------------------------------------------------------------ upgrades
+
+
+def _closure(run: StackRun, urn: str) -> set[str]:
+    """Every resource ``urn`` waits for: its dependencies and provider, transitively."""
+    by_urn = run.by_urn()
+    seen: set[str] = set()
+    todo = [urn]
+    while todo:
+        r = by_urn.get(todo.pop())
+        if r is None:
+            continue
+        for dep in [*r.dependencies, r.provider_urn]:
+            if dep and dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_a_version_bump_upgrades_control_plane_then_addons_and_nodes_then_karpenters_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bump ``cluster.version`` on staging (with a made-up next row of addon versions) and compare the
+    captured graphs: what changes, and in which order ``pulumi up`` must apply it (an update waits for
+    the updates of everything it depends on)."""
+    current = stack_cfg("staging")["version"]
+    following = f"1.{int(current.split('.')[1]) + 1}"
+    row = SUPPORTED_CLUSTER_VERSIONS[current].model_dump()
+    monkeypatch.setitem(
+        SUPPORTED_CLUSTER_VERSIONS,
+        following,
+        type(SUPPORTED_CLUSTER_VERSIONS[current])(
+            **{k: v.replace("-eksbuild.", "9-eksbuild.") for k, v in row.items()}
+        ),
+    )
+    cfg = copy.deepcopy(stack_cfg("staging"))
+    cfg["version"] = following
+    before, after = cached_run("staging"), run_stack("staging", overrides={"cluster": cfg, "imageDigest": DIGEST})
+
+    def plain(inputs: dict[str, Any]) -> str:  # values unknown until apply compare equal
+        return json.dumps(inputs, sort_keys=True, default=lambda _: "<unknown>")
+
+    old = {r.urn: plain(r.inputs) for r in before.resources}
+    changed = {r.urn: r for r in after.resources if old.get(r.urn) != plain(r.inputs)}
+    assert {r.urn for r in after.resources} == set(old)  # nothing created or deleted: updates only
+    kinds = sorted({r.type for r in changed.values()})
+    assert kinds == [
+        "aws:eks/addon:Addon",
+        "aws:eks/cluster:Cluster",
+        "aws:eks/nodeGroup:NodeGroup",
+        "kubernetes:core/v1:Namespace",  # Pod Security pinned to the new version
+    ]
+    (control_plane,) = [u for u, r in changed.items() if r.type == "aws:eks/cluster:Cluster"]
+    # 1. The control plane first: it waits for no other change.
+    assert not _closure(after, control_plane) & set(changed)
+    # 2. Then every addon and the system node group (its `version` is the control plane's).
+    second = [u for u, r in changed.items() if r.type in ("aws:eks/addon:Addon", "aws:eks/nodeGroup:NodeGroup")]
+    assert len(second) == 7
+    for urn in second:
+        assert control_plane in _closure(after, urn)
+    (group,) = after.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert group.inputs["version"] == following
+    # 3. Karpenter's nodes: its NodePools and EC2NodeClasses wait for the node group and the addons
+    # the nodes need; Karpenter then drifts every node it launched to the new version's AMI.
+    base_addons = {u for u in second if changed[u].inputs.get("addonName") in ("vpc-cni", "kube-proxy")}
+    for r in [*after.of_type(NODE_POOL), *after.of_type(NODE_CLASS)]:
+        waits_for = _closure(after, r.urn)
+        assert group.urn in waits_for and base_addons <= waits_for
