@@ -31,7 +31,7 @@ EXPECTED_KINDS = {
     "kubernetes:apps/v1:Deployment": 3,
     "kubernetes:batch/v1:CronJob": 3,
     "kubernetes:batch/v1:Job": 2,
-    "kubernetes:policy/v1:PodDisruptionBudget": 2,
+    "kubernetes:policy/v1:PodDisruptionBudget": 3,  # Dask scheduler, Dask workers, serving
     "kubernetes:networking.k8s.io/v1:NetworkPolicy": 8,
 }
 
