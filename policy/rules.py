@@ -50,8 +50,10 @@ IAM_POLICY_TYPES = frozenset({"aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:P
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 KARPENTER_NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 KARPENTER_NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
-STATEFUL_TYPES = frozenset({EKS_CLUSTER, KMS_KEY, ECR_REPOSITORY}) | BUCKET_TYPES
-"""Resources whose loss loses data or access: protected from deletion in prod."""
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+STATEFUL_TYPES = frozenset({EKS_CLUSTER, KMS_KEY, ECR_REPOSITORY, LOG_GROUP}) | BUCKET_TYPES
+"""Resources whose loss loses data, access or an audit trail (the log groups): protected from deletion
+in prod."""
 PROTECTED_STACKS = frozenset({"prod"})
 
 POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -551,7 +553,8 @@ STACK_RULES: tuple[StackRuleSpec, ...] = (
     StackRuleSpec("eks-node-autoscaler", "An EKS cluster runs Karpenter with at least one NodePool.",
                   autoscaler_present),
     StackRuleSpec("eks-metrics-server", "An EKS cluster runs the metrics-server addon.", metrics_server_present),
-    StackRuleSpec("prod-stateful-protected", "In prod, the cluster, KMS keys, buckets and registries are protected.",
+    StackRuleSpec("prod-stateful-protected",
+                  "In prod, the cluster, KMS keys, buckets, registries and log groups are protected.",
                   stateful_resources_protected),
 )  # fmt: skip
 

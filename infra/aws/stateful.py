@@ -46,5 +46,6 @@ def encrypted_log_group(
         name=log_group_name,
         retention_in_days=retention_days,
         kms_key_id=key.arn,
-        opts=pulumi.ResourceOptions(parent=parent),
+        # The audit trail of the control plane and the VPC: kept, like the key that encrypts it.
+        opts=stateful_options(protection, parent),
     )

@@ -42,7 +42,13 @@ NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 ADDON = "aws:eks/addon:Addon"
-STATEFUL = ("aws:eks/cluster:Cluster", "aws:kms/key:Key", "aws:s3/bucket:Bucket", "aws:ecr/repository:Repository")
+STATEFUL = (
+    "aws:eks/cluster:Cluster",
+    "aws:kms/key:Key",
+    "aws:s3/bucket:Bucket",
+    "aws:ecr/repository:Repository",
+    "aws:cloudwatch/logGroup:LogGroup",  # control-plane and flow logs
+)
 
 
 def one(run: StackRun, type_: str, name: str | None = None) -> CapturedResource:

@@ -149,6 +149,12 @@ def test_stack_rules_on_compliant_and_non_compliant_stacks() -> None:
     unprotected = rules.stateful_resources_protected(_stack("prod", protect=False))
     assert len(unprotected) == 4 and all("must be protected in stack 'prod'" in m for _, m in unprotected)
     assert rules.stateful_resources_protected(_stack("dev", protect=False)) == []  # dev may be destroyed
+    log_group = StackResource(
+        rules.LOG_GROUP, "urn:pulumi:prod::purchase-classifier::" + rules.LOG_GROUP + "::logs", {}
+    )
+    assert rules.stateful_resources_protected([log_group]) == [
+        (log_group.urn, f"{rules.LOG_GROUP} is stateful and must be protected in stack 'prod'")
+    ]
 
 
 def test_stack_rules_through_pulumi_policy_read_protect_from_options() -> None:
