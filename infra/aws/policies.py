@@ -337,7 +337,7 @@ def karpenter_controller_policy(
             {
                 "Sid": "AllowInterruptionQueueActions",
                 "Effect": "Allow",
-                "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
+                "Action": ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
                 "Resource": [queue_arn],
             },
             {

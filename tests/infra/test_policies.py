@@ -12,6 +12,7 @@ from infra.aws.policies import (
     WORKLOAD_ACCESS,
     BucketAccess,
     bucket_access_policy,
+    karpenter_controller_policy,
     least_privilege_violations,
     pod_identity_trust_policy,
     tls_only_bucket_policy,
@@ -201,3 +202,45 @@ def test_emitted_serving_policy_cannot_write(stack: str) -> None:
 def test_no_inline_policy_for_the_scheduler(stack: str) -> None:
     names = {r.name for r in cached_run(stack).of_type("aws:iam/role:Role")}
     assert not any(SA_DASK_SCHEDULER in n for n in names)
+
+
+KARPENTER_REFERENCE_ACTIONS = frozenset(
+    {
+        # Karpenter's own controller policy: the getting-started CloudFormation template of
+        # aws/karpenter-provider-aws (KarpenterControllerPolicy), action by action.
+        "ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate", "ec2:CreateTags",
+        "ec2:TerminateInstances", "ec2:DeleteLaunchTemplate",
+        "ec2:DescribeAvailabilityZones", "ec2:DescribeImages", "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates",
+        "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets",
+        "ssm:GetParameter", "pricing:GetProducts",
+        "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ReceiveMessage",
+        "iam:PassRole", "iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile",
+        "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile", "iam:GetInstanceProfile",
+        "eks:DescribeCluster",
+    }
+)  # fmt: skip
+KARPENTER_EXTRA_ACTIONS = {
+    "iam:ListInstanceProfiles": "newer controllers list the instance profiles they own to garbage-collect "
+    "them (terraform-aws-eks's karpenter module grants it); read-only",
+}
+"""Actions granted beyond the reference, each with its reason."""
+
+
+def test_karpenter_controller_policy_matches_karpenters_reference_action_by_action() -> None:
+    policy = karpenter_controller_policy(
+        region="eu-west-1",
+        account_id="111122223333",
+        cluster_name="pc-dev",
+        node_role_arn="arn:aws:iam::111122223333:role/karpenter-node",
+        queue_arn="arn:aws:sqs:eu-west-1:111122223333:karpenter",
+    )
+    granted = {a for st in policy["Statement"] if st["Effect"] == "Allow" for a in _actions(st)}
+    assert KARPENTER_REFERENCE_ACTIONS - granted == set(), "an action Karpenter's reference grants is missing"
+    assert granted - KARPENTER_REFERENCE_ACTIONS == set(KARPENTER_EXTRA_ACTIONS)
+    assert least_privilege_violations(policy) == []
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
