@@ -16,8 +16,10 @@ import pandas as pd
 import pytest
 from distributed import Client, get_task_stream
 
-from ml.errors import ExitCode
-from ml.jobs.train import search
+from ml import schema
+from ml.errors import BadInputError, ExitCode
+from ml.features import is_validation
+from ml.jobs.train import ROWS_KEY, rows_fingerprint, search
 from ml.model import fit_model
 from ml.registry import HASH_SPLIT_ESTIMATE, ModelRegistry
 
@@ -32,7 +34,7 @@ def ml(*args: str, scheduler: str | None = None, timeout: float = 300) -> subpro
 def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample_csv: Path, tmp_path: Path) -> None:
     dask_processes.start(n_workers=2)
     store = str(tmp_path / "store")
-    result = ml("train", "--data", str(sample_csv), "--store", store, scheduler=dask_processes.address)
+    result = ml("train", "--data", str(sample_csv), "--store", store, "--search", scheduler=dask_processes.address)
     assert result.returncode == ExitCode.OK, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["promoted"] and summary["macro_f1"] > 0.5
@@ -44,7 +46,8 @@ def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample
     assert meta["metrics"]["estimate"] == HASH_SPLIT_ESTIMATE
     assert len(meta["search"]) == 4 and meta["params"]
     assert meta["libraries"]["scikit-learn"] and meta["sha256"]
-    assert "searching 4 candidates" in result.stderr
+    assert "searching 4 candidates × 3 folds on Dask (budget 600s)" in result.stderr
+    assert "candidate 4/4" in result.stderr  # each candidate reported as its folds finish
 
     evaluated = ml(
         "evaluate", "--model", store, "--data", str(sample_csv), "--json", "--plot", str(tmp_path / "cm.png")
@@ -57,18 +60,52 @@ def test_train_with_search_on_dask_registers_and_promotes(dask_processes, sample
 
     listed = ml("models", "list", "--store", store, "--json")
     assert [entry["latest"] for entry in json.loads(listed.stdout)] == [True]
-    shown = ml("models", "show", "--store", store)
+    shown = ml("models", "show", "--store", store, "--json")
     assert json.loads(shown.stdout)["version"] == summary["version"]
 
 
-def test_gate_rejects_worse_model_and_keeps_latest(store_with_model, sample_csv: Path, tmp_path: Path) -> None:
-    registry = store_with_model(macro_f1=0.999)
-    before = registry.latest_version()
-    result = ml("train", "--data", str(sample_csv), "--store", str(tmp_path / "store"), "--no-search")
+def _latest(registry: ModelRegistry, pipeline, macro_f1: float, **extra) -> str:
+    metrics = {"accuracy": 0.9, "macro_f1": macro_f1, "n_rows": 1, **extra.pop("metrics", {})}
+    version = registry.save(pipeline, {"metrics": metrics, **extra})
+    registry.promote(version)
+    return version
+
+
+def test_gate_rejects_worse_model_and_keeps_latest(trained_model, sample_csv: Path, tmp_path: Path) -> None:
+    """LATEST estimated on the same validation rows: the recorded figures are compared."""
+    frame, _ = schema.clean(schema.read_records(str(sample_csv)), labeled=True, max_bad_share=0.05)
+    same_rows = rows_fingerprint(frame[is_validation(frame[schema.DESCRIPTION])])
+    registry = ModelRegistry(str(tmp_path / "store"))
+    before = _latest(registry, trained_model.pipeline, 0.999, metrics={ROWS_KEY: same_rows})
+    result = ml("train", "--data", str(sample_csv), "--store", str(tmp_path / "store"))
     assert result.returncode == ExitCode.GATE_REJECTED, result.stderr
-    assert "stored but not promoted" in result.stderr and before in result.stderr
+    assert "stored but not promoted" in result.stderr and f"vs LATEST {before} 0.9990" in result.stderr
     assert registry.latest_version() == before
     assert len(registry.versions()) == 2
+
+
+def test_gate_remakes_an_estimate_made_on_other_rows(trained_model, sample_csv: Path, tmp_path: Path) -> None:
+    """A LATEST estimated on other rows (a de-duplicated snapshot, another file) is re-estimated on these.
+
+    Its recorded 0.999 is not comparable; its parameters fitted and scored on this run's split are.
+    """
+    registry = ModelRegistry(str(tmp_path / "store"))
+    worse = _latest(registry, trained_model.pipeline, 0.999, params={"classifier__C": 0.0001})
+    result = ml("train", "--data", str(sample_csv), "--store", str(tmp_path / "store"))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert f"re-estimating LATEST {worse}'s parameters on the same" in _one_line(result.stderr)
+    gate = json.loads(result.stdout.strip().splitlines()[-1])["gate"]
+    assert f"of LATEST {worse}'s parameters on the same" in gate and "its recorded 0.9990" in gate
+
+    # the same parameters on the same rows are the same estimate: nothing to fit again
+    same = _latest(registry, trained_model.pipeline, 0.999)
+    result = ml("train", "--data", str(sample_csv), "--store", str(tmp_path / "store"))
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "re-estimating" not in result.stderr and f"LATEST {same}'s parameters" in _one_line(result.stderr)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def test_bad_rows_are_reported_and_refused(purchases_sample: pd.DataFrame, tmp_path: Path) -> None:
@@ -113,9 +150,21 @@ def test_dask_gets_whole_fits_and_svm_blocks_never_preprocessing_steps(
         search(client, purchases_sample, folds=2)
         with joblib.parallel_backend("dask", client=client):
             fit_model(purchases_sample, n_jobs=-1)
-    # joblib names a task after the function it batches: batch_of_<function>_<n>_calls-<token>
-    functions = {re.fullmatch(r"batch_of_(\w+?)_\d+_calls-\w+", task["key"]).group(1) for task in stream.data}
-    assert functions == {"_fit_and_score", "fit_one_vs_rest_block"}
+    # joblib names a task after the function it batches: batch_of_<function>_<n>_calls-<token>;
+    # the search submits its own tasks, named <function>-<token>
+    keys = [task["key"] for task in stream.data]
+    batched = [re.fullmatch(r"batch_of_(\w+?)_\d+_calls-\w+", key) for key in keys]
+    functions = {match.group(1) if match else key.split("-", 1)[0] for match, key in zip(batched, keys, strict=True)}
+    assert functions == {"fold_score", "fit_one_vs_rest_block"}
+
+
+def test_search_stops_at_its_budget(dask_processes, purchases_sample: pd.DataFrame) -> None:
+    dask_processes.start(n_workers=1)
+    with (
+        Client(dask_processes.address) as client,
+        pytest.raises(BadInputError, match="budget of 0s ended before any candidate"),
+    ):
+        search(client, purchases_sample, folds=2, budget=0.01)
 
 
 def test_version_mismatch_on_a_worker_is_refused(dask_processes, sample_csv: Path, tmp_path: Path) -> None:
