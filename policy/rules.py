@@ -51,6 +51,7 @@ HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 KARPENTER_NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 KARPENTER_NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+SG_INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 STATEFUL_TYPES = frozenset({EKS_CLUSTER, KMS_KEY, ECR_REPOSITORY, LOG_GROUP}) | BUCKET_TYPES
 """Resources whose loss loses data, access or an audit trail (the log groups): protected from deletion
 in prod."""
@@ -472,6 +473,26 @@ def autoscaler_present(resources: Iterable[StackResource]) -> list[tuple[str, st
     return out
 
 
+def private_api_reachable(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
+    """An EKS cluster whose endpoint is private only comes with an ingress rule on 443 (on its security
+    group, for the deployer's network): without one nothing outside the VPC's nodes can deploy to it."""
+    items = list(resources)
+    rules_443 = [
+        r
+        for r in items
+        if r.type == SG_INGRESS_RULE
+        and r.props.get("ipProtocol") in ("tcp", "-1")
+        and int(r.props.get("fromPort", 0) or 0) <= 443 <= int(r.props.get("toPort", 65535) or 65535)
+    ]
+    return [
+        (c.urn, "private API endpoint with no ingress rule on 443: set cluster.privateAccess for the deployer")
+        for c in items
+        if c.type == EKS_CLUSTER
+        and (c.props.get("vpcConfig") or {}).get("endpointPublicAccess") is False
+        and not rules_443
+    ]
+
+
 def metrics_server_present(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
     """An EKS cluster runs the metrics-server addon: without it no HorizontalPodAutoscaler acts."""
     items = list(resources)
@@ -553,6 +574,9 @@ STACK_RULES: tuple[StackRuleSpec, ...] = (
     StackRuleSpec("eks-node-autoscaler", "An EKS cluster runs Karpenter with at least one NodePool.",
                   autoscaler_present),
     StackRuleSpec("eks-metrics-server", "An EKS cluster runs the metrics-server addon.", metrics_server_present),
+    StackRuleSpec("eks-private-api-reachable",
+                  "An EKS cluster with a private-only endpoint admits the deployer on 443.",
+                  private_api_reachable),
     StackRuleSpec("prod-stateful-protected",
                   "In prod, the cluster, KMS keys, buckets, registries and log groups are protected.",
                   stateful_resources_protected),

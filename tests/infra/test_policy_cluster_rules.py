@@ -146,6 +146,20 @@ def test_stack_rules_on_compliant_and_non_compliant_stacks() -> None:
     ]  # fmt: skip
     assert "no Karpenter NodePool" in rules.autoscaler_present(_without(good, rules.KARPENTER_NODE_POOL))[0][1]
     assert "metrics-server" in rules.metrics_server_present(_without(good, rules.EKS_ADDON))[0][1]
+    private = [
+        StackResource(r.type, r.urn, {"vpcConfig": {"endpointPublicAccess": False}})
+        if r.type == rules.EKS_CLUSTER
+        else r
+        for r in good
+    ]
+    ((urn, message),) = rules.private_api_reachable(private)
+    assert urn.endswith("::eks") and "no ingress rule on 443" in message
+    ingress = StackResource(
+        rules.SG_INGRESS_RULE,
+        f"urn:pulumi:prod::purchase-classifier::{rules.SG_INGRESS_RULE}::api",
+        {"ipProtocol": "tcp", "fromPort": 443, "toPort": 443},
+    )
+    assert rules.private_api_reachable([*private, ingress]) == []
     unprotected = rules.stateful_resources_protected(_stack("prod", protect=False))
     assert len(unprotected) == 4 and all("must be protected in stack 'prod'" in m for _, m in unprotected)
     assert rules.stateful_resources_protected(_stack("dev", protect=False)) == []  # dev may be destroyed
