@@ -33,16 +33,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.naming import WORKLOAD_ROLE_PATH, workload_boundary_arn
+
 Policy = dict[str, Any]
 VERSION = "2012-10-17"
 GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
 GITHUB_OIDC_URL = f"https://{GITHUB_OIDC_HOST}"
 STS_AUDIENCE = "sts.amazonaws.com"
 CI_ROLE_PREFIX = "ci-"
-WORKLOAD_ROLE_PATH = "/purchase-classifier/"
-"""Every role the main program creates lives under this path (``role/purchase-classifier/<name>``)."""
-WORKLOAD_BOUNDARY_NAME = f"{CI_ROLE_PREFIX}workload-boundary"
-"""The permissions boundary of those roles; ``ci-`` so the deployer's deny on ``ci-*`` covers it."""
 SPOT_SERVICE = "spot.amazonaws.com"
 SPOT_SERVICE_LINKED_ROLE = "AWSServiceRoleForEC2Spot"
 
@@ -150,10 +148,6 @@ def ecr_policy(repository_arn: str, *, push: bool) -> Policy:
             {"Sid": "ImageRepository", "Effect": "Allow", "Action": sorted(actions), "Resource": [repository_arn]},
         ],
     }
-
-
-def workload_boundary_arn(account_id: str) -> str:
-    return f"arn:aws:iam::{account_id}:policy/{WORKLOAD_BOUNDARY_NAME}"
 
 
 def deployer_iam_policy(account_id: str) -> Policy:

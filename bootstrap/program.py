@@ -24,7 +24,6 @@ from bootstrap.policies import (
     MANAGED_POLICIES,
     SPOT_SERVICE,
     STS_AUDIENCE,
-    WORKLOAD_BOUNDARY_NAME,
     deployer_iam_policy,
     ecr_policy,
     github_trust_policy,
@@ -32,6 +31,7 @@ from bootstrap.policies import (
     subject,
     workload_boundary_policy,
 )
+from infra.naming import WORKLOAD_BOUNDARY_NAME
 
 NAMESPACE = "purchase-classifier-bootstrap"
 TOKEN_PREFIX = "purchase-classifier-bootstrap:ci"

@@ -49,6 +49,18 @@ DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 """The label Grafana's dashboard sidecar (kube-prometheus-stack, the Grafana chart) watches for."""
 
 # S3 key prefixes of the one bucket. IAM policies are scoped to these.
+WORKLOAD_ROLE_PATH = "/purchase-classifier/"
+"""Every IAM role the program creates lives under this path (``role/purchase-classifier/<name>``):
+the only roles the bootstrap program's ``ci-deployer`` may create."""
+WORKLOAD_BOUNDARY_NAME = "ci-workload-boundary"
+"""The permissions boundary every such role carries (created by the bootstrap program); ``ci-`` so
+the deployer's deny on ``ci-*`` covers it."""
+
+
+def workload_boundary_arn(account_id: str) -> str:
+    return f"arn:aws:iam::{account_id}:policy/{WORKLOAD_BOUNDARY_NAME}"
+
+
 PREFIX_TRAINING = "training/"
 PREFIX_MODELS = "models/"
 PREFIX_PREDICTIONS = "predictions/"

@@ -338,7 +338,7 @@ def iam_role_bounded(resource_type: str, props: Props) -> list[str]:
     and the ceiling that keeps whatever is attached to them from reaching IAM or the CI roles."""
     if resource_type != IAM_ROLE:
         return []
-    from bootstrap.policies import WORKLOAD_BOUNDARY_NAME, WORKLOAD_ROLE_PATH
+    from infra.naming import WORKLOAD_BOUNDARY_NAME, WORKLOAD_ROLE_PATH
 
     problems = []
     if props.get("path") != WORKLOAD_ROLE_PATH:
@@ -547,6 +547,9 @@ RESOURCE_RULES: tuple[RuleSpec, ...] = (
              eks_control_plane_logs),
     RuleSpec("iam-least-privilege", "IAM policies: no wildcard actions, no writes on resource '*'.",
              iam_least_privilege),
+    RuleSpec("iam-role-bounded",
+             "IAM roles live under the workload path with the workload permissions boundary.",
+             iam_role_bounded),
     RuleSpec("network-policy-enforced", "The VPC CNI addon enforces NetworkPolicies.",
              network_policy_enforced),
     RuleSpec("nodes-imdsv2-hop-limit-1", "Nodes require IMDSv2 with a hop limit of 1.",

@@ -21,6 +21,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.aws.policies import assume_role_policy, cluster_assume_role_policy, pod_identity_trust_policy
+from infra.aws.roles import bounded_role_args
 from infra.aws.stateful import encrypted_log_group, stateful_options
 from infra.catalog import NODE_POLICIES
 from infra.naming import DISCOVERY_TAG, SYSTEM_TAINT_KEY
@@ -90,9 +91,17 @@ def principal_key(arn: str) -> str:
     return f"{account}-{role.replace('/', '-')}"
 
 
-def _role(name: str, trust: pulumi.Input[str], policies: tuple[str, ...], parent: pulumi.Resource) -> aws.iam.Role:
+def _role(
+    name: str,
+    trust: pulumi.Input[str],
+    policies: tuple[str, ...],
+    account_id: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> aws.iam.Role:
     """A role trusting ``trust`` (a JSON policy document) with AWS managed ``policies`` attached."""
-    role = aws.iam.Role(name, assume_role_policy=trust, opts=pulumi.ResourceOptions(parent=parent))
+    role = aws.iam.Role(
+        name, assume_role_policy=trust, **bounded_role_args(account_id), opts=pulumi.ResourceOptions(parent=parent)
+    )
     for i, arn in enumerate(policies):
         aws.iam.RolePolicyAttachment(
             f"{name}-{i}", role=role.name, policy_arn=arn, opts=pulumi.ResourceOptions(parent=parent)
@@ -129,7 +138,9 @@ class Cluster(pulumi.ComponentResource):
         self._addon_versions = SUPPORTED_CLUSTER_VERSIONS[cfg.version]
         child = pulumi.ResourceOptions(parent=self)
 
-        cluster_role = _role(f"{name}-cluster", json.dumps(cluster_assume_role_policy()), CLUSTER_POLICIES, self)
+        cluster_role = _role(
+            f"{name}-cluster", json.dumps(cluster_assume_role_policy()), CLUSTER_POLICIES, account_id, self
+        )
         secrets_key = aws.kms.Key(
             f"{name}-secrets",
             description=f"Envelope encryption of Kubernetes secrets in EKS cluster {cfg.name}",
@@ -251,7 +262,9 @@ class Cluster(pulumi.ComponentResource):
         ]
 
         system = cfg.system_nodes
-        node_role = _role(f"{name}-node", json.dumps(assume_role_policy("ec2.amazonaws.com")), NODE_POLICIES, self)
+        node_role = _role(
+            f"{name}-node", json.dumps(assume_role_policy("ec2.amazonaws.com")), NODE_POLICIES, account_id, self
+        )
         template = aws.ec2.LaunchTemplate(
             f"{name}-system",
             description=f"System nodes of {cfg.name}: IMDSv2 with hop limit 1, encrypted gp3 root volume",
@@ -302,7 +315,7 @@ class Cluster(pulumi.ComponentResource):
         )
 
         ebs_trust = pulumi.Output.from_input(account_id).apply(lambda a: json.dumps(pod_identity_trust_policy(a)))
-        ebs_role = _role(f"{name}-ebs-csi", ebs_trust, (EBS_CSI_POLICY,), self)
+        ebs_role = _role(f"{name}-ebs-csi", ebs_trust, (EBS_CSI_POLICY,), account_id, self)
         system_addons = [
             addon(
                 a,

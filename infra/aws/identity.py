@@ -13,6 +13,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.aws.policies import WORKLOAD_ACCESS, BucketAccess, bucket_access_policy, pod_identity_trust_policy
+from infra.aws.roles import bounded_role_args
 
 
 def trust_policy_json(account_id: str) -> str:
@@ -55,6 +56,7 @@ class Identities(pulumi.ComponentResource):
                 f"{name}-{workload}",
                 description=f"purchase-classifier {workload} pods ({namespace}/{workload})",
                 assume_role_policy=trust,
+                **bounded_role_args(account_id),
                 opts=child,
             )
             aws.iam.RolePolicy(

@@ -23,6 +23,7 @@ from infra.aws.policies import (
     karpenter_controller_policy,
     pod_identity_trust_policy,
 )
+from infra.aws.roles import bounded_role_args
 from infra.catalog import NODE_POLICIES, instance_cpu_sizes
 from infra.naming import (
     DASK_NODE_LABEL_VALUE,
@@ -222,6 +223,7 @@ class Karpenter(pulumi.ComponentResource):
             f"{name}-node",
             description="Nodes Karpenter launches",
             assume_role_policy=json.dumps(assume_role_policy("ec2.amazonaws.com")),
+            **bounded_role_args(account_id),
             opts=child,
         )
         for i, arn in enumerate(NODE_POLICIES):
@@ -233,7 +235,11 @@ class Karpenter(pulumi.ComponentResource):
 
         trust = pulumi.Output.from_input(account_id).apply(lambda a: json.dumps(pod_identity_trust_policy(a)))
         controller_role = aws.iam.Role(
-            f"{name}-controller", description="Karpenter controller", assume_role_policy=trust, opts=child
+            f"{name}-controller",
+            description="Karpenter controller",
+            assume_role_policy=trust,
+            **bounded_role_args(account_id),
+            opts=child,
         )
         aws.iam.RolePolicy(
             f"{name}-controller",

@@ -16,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.aws.policies import assume_role_policy, flow_logs_delivery_policy
+from infra.aws.roles import bounded_role_args
 from infra.aws.stateful import encrypted_log_group
 from infra.naming import DISCOVERY_TAG
 from infra.schema import Network as NetworkConfig
@@ -235,6 +236,7 @@ class Network(pulumi.ComponentResource):
             f"{name}-flow-logs",
             description=f"VPC flow logs of {cluster_name} into CloudWatch Logs",
             assume_role_policy=json.dumps(assume_role_policy("vpc-flow-logs.amazonaws.com")),
+            **bounded_role_args(account_id),
             opts=child,
         )
         aws.iam.RolePolicy(
