@@ -109,8 +109,8 @@ def _build_eks(cfg: StackConfig, stack: str, region: str) -> Platform:
         monitoring_operator = PrometheusStack(
             "prometheus-stack",
             cfg.workloads.monitoring,
-            kubernetes_version=cfg.cluster.version,
             alerting=cfg.alerting,
+            kubernetes_version=cfg.cluster.version,
             k8s_provider=cluster.provider,
             after=list(karpenter.node_pools),
             opts=opts,

@@ -102,6 +102,11 @@ class StackConfig(Model):
                 raise ValueError("registry is required when cluster.mode is 'existing'")
             if self.storage.bucket_name is None:
                 raise ValueError("storage.bucketName is required when cluster.mode is 'existing'")
+        if self.alerting.receivers and not self.workloads.monitoring.install:
+            raise ValueError(
+                "alerting is only used where the program installs Alertmanager (workloads.monitoring.install: "
+                "true, eks mode); route an existing cluster's alerts in its own Alertmanager"
+            )
         if self.image_digest is not None and self.database_url is None:
             raise ValueError(
                 "databaseUrl is required once imageDigest is set (the jobs need it); set it with "

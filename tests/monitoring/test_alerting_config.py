@@ -95,6 +95,15 @@ def test_a_bad_receiver_is_refused_naming_its_key(receiver: dict[str, Any], expe
     assert SLACK_URL not in message
 
 
+def test_receivers_where_no_alertmanager_is_installed_are_refused() -> None:
+    # local is existing mode: its cluster's Alertmanager is not the program's to configure.
+    raw = load_stack_config("local")
+    raw[KEY] = {"receivers": RECEIVERS}
+    config, secret_keys = to_pulumi_config(raw, {})
+    with pytest.raises(ConfigError, match="alerting is only used where the program installs Alertmanager"):
+        parse_config(config, secret_keys=[*secret_keys, KEY], stack="local")
+
+
 def test_a_url_that_is_not_one_is_refused_without_showing_it() -> None:
     bad = "hooks.slack.com/services/T000/B000/secret-token"
     message = problems({"receivers": [{"name": "team", "type": "slack", "severities": ["warning"], "url": bad}]})
