@@ -277,18 +277,22 @@ def finite(value: Any) -> Any:
     return value
 
 
-def review_threshold(metadata: dict[str, Any], override: float | None, fallback: float) -> tuple[float, str]:
-    """The threshold a job uses and where it came from, for it to say so.
+def review_threshold(
+    metadata: dict[str, Any], override: float | None, fallback: float = DEFAULT_REVIEW_THRESHOLD
+) -> tuple[float, str]:
+    """The threshold a job or the service uses and where it came from, for it to say so.
 
     An explicit ``override`` (a flag or setting) wins; then the model's own, chosen at training
-    for its target accuracy; a model trained before thresholds were chosen gets ``fallback``.
+    for its target accuracy; a model trained before thresholds were chosen (or whose metadata holds
+    something that is not a share) gets ``fallback``.
     """
     if override is not None:
         return float(override), "set explicitly"
-    if metadata.get("review_threshold") is not None:
+    chosen = metadata.get("review_threshold")
+    if isinstance(chosen, int | float) and not isinstance(chosen, bool) and 0 <= chosen <= 1:
         target = metadata.get("target_accuracy")
-        chosen = f" for target accuracy {target:g}" if isinstance(target, int | float) else ""
-        return float(metadata["review_threshold"]), f"the model's metadata{chosen}"
+        why = f" for target accuracy {target:g}" if isinstance(target, int | float) else ""
+        return float(chosen), f"the model's metadata{why}"
     return float(fallback), "the default (the model's metadata has none)"
 
 

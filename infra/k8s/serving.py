@@ -50,9 +50,13 @@ def serving_env(ctx: Context) -> list[Obj]:
     """The server's settings: store and model name (from :func:`storage_env`), its threshold and
     what it does with a candidate model."""
     serving = ctx.workloads.serving
+    # Unset, the server flags each model's lines below the threshold chosen at its training.
+    override = (
+        [] if serving.review_threshold is None else [env_value(REVIEW_THRESHOLD_ENV, str(serving.review_threshold))]
+    )
     return [
         *storage_env(ctx),
-        env_value(REVIEW_THRESHOLD_ENV, str(serving.review_threshold)),
+        *override,
         env_value(CANDIDATE_MODE_ENV, serving.candidate_mode),
         env_value(CANARY_SHARE_ENV, str(serving.canary_share)),
     ]

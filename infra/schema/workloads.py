@@ -79,10 +79,12 @@ class Serving(Model):
     replicas: int = Field(ge=1, le=100, description="Initial replicas (the HPA takes over after).")
     resources: Resources = Field(description="Server container resources.")
     autoscaling: Autoscaling = Field(description="HPA min/max replicas and CPU target.")
-    review_threshold: float = Field(
+    review_threshold: float | None = Field(
+        default=None,
         gt=0.0,
         lt=1.0,
-        description="Predictions with confidence below this are flagged for expert review.",
+        description="Overrides every model's review threshold (chosen at training for its target accuracy); "
+        "unset, each model's own is used.",
     )
     allowed_client_namespaces: list[DnsLabel] = Field(
         default_factory=list,

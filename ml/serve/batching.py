@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ml.decisions import review_threshold
 from ml.registry import LoadedModel
-from ml.serve.inference import Columns, Result, review_threshold, run_model
+from ml.serve.inference import Columns, Result, run_model
 from ml.serve.metrics import ServeMetrics
 from ml.serve.settings import ServeSettings
 
@@ -246,7 +247,7 @@ class MicroBatcher:
 
     def _call(self, model: LoadedModel, role: str, parts: list[Columns], count_batch: bool = True) -> list[Result]:
         started = time.perf_counter()
-        threshold = review_threshold(model.metadata, self.settings.review_threshold)
+        threshold, _ = review_threshold(model.metadata, self.settings.review_threshold)
         predictions, results = run_model(model, parts, self.settings.top_k, threshold)
         self.metrics.batch_latency.labels(model_version=model.version, role=role).observe(time.perf_counter() - started)
         if count_batch:

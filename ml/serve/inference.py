@@ -93,19 +93,6 @@ def interleave(n: int, pieces: list[tuple[list[int], Result]]) -> Result:
     return Result(**fields)
 
 
-#: The review threshold of a model whose metadata has none (trained before thresholds were chosen).
-DEFAULT_REVIEW_THRESHOLD = 0.5
-
-
-def review_threshold(metadata: dict[str, Any], override: float | None) -> float:
-    """``ML_REVIEW_THRESHOLD`` when set, else the threshold chosen at training (the model's
-    metadata ``review_threshold``), else the default."""
-    if override is not None:
-        return override
-    chosen = metadata.get("review_threshold")
-    return float(chosen) if isinstance(chosen, int | float) and 0 <= chosen <= 1 else DEFAULT_REVIEW_THRESHOLD
-
-
 def run_model(
     model: LoadedModel, parts: list[Columns], top_k: int, threshold: float
 ) -> tuple[Predictions, list[Result]]:

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from ml.decisions import review_threshold
 from ml.reference import PROFILE_KEY, review_share
-from ml.serve.inference import review_threshold
 
 PREFIX = "purchase_classifier_serve"
 
@@ -174,5 +174,5 @@ class ServeMetrics:
             if profile is None:
                 continue
             self.reference_confidence.labels(model_version=version).set(profile["mean_confidence"])
-            threshold = review_threshold(metadata, override)
+            threshold, _ = review_threshold(metadata, override)
             self.reference_review_share.labels(model_version=version).set(review_share(profile, threshold))

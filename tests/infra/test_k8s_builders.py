@@ -285,8 +285,19 @@ def test_serving_deployment() -> None:
     env = env_of(c)
     assert env["ML_STORE"]["value"] == "s3://bucket-x"
     assert env["ML_MODEL_NAME"]["value"] == "purchase-classifier"
-    assert env[serving.REVIEW_THRESHOLD_ENV]["value"] == "0.6"
+    # No override in the stack files: each model's own threshold, chosen at its training, holds.
+    assert serving.REVIEW_THRESHOLD_ENV not in env
     assert "DATABASE_URL" not in env
+
+
+def test_a_review_threshold_in_the_stack_overrides_the_models() -> None:
+    workloads = stack_config("dev").workloads
+    overridden = workloads.model_copy(
+        update={"serving": workloads.serving.model_copy(update={"review_threshold": 0.7})}
+    )
+    ctx = make_ctx("dev", workloads=overridden)
+    env = env_of(serving.build_deployment(ctx)["spec"]["template"]["spec"]["containers"][0])
+    assert env[serving.REVIEW_THRESHOLD_ENV]["value"] == "0.7"
 
 
 @pytest.mark.parametrize(("stack", "hpa"), [("dev", (1, 2, 75)), ("staging", (2, 4, 70)), ("prod", (3, 10, 65))])
