@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -116,7 +117,13 @@ def _process_runs(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: it runs
         return True
-    return True
+    # A killed process whose parent died too stays a zombie until init reaps it (a container's
+    # init may never do): it answers signal 0 but runs nothing.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in {"Z", "X"}
 
 
 def owner_may_be_alive(

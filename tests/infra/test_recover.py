@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from infra.recover import Lock, _adopt, import_id, manual_command, owner_may_be_alive, read_locks
+from infra.recover import Lock, _adopt, _process_runs, import_id, manual_command, owner_may_be_alive, read_locks
 from tests.infra.harness import cached_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,3 +183,15 @@ def test_a_pending_create_with_an_id_becomes_a_resource_after_every_other() -> N
     dropped = _adopt(deployment, {res("c")["urn"]: None})
     assert [r["urn"] for r in dropped["resources"]] == [res("a")["urn"]]
     assert [o["type"] for o in dropped["pending_operations"]] == ["creating", "deleting"]
+
+
+def test_a_killed_process_left_a_zombie_holds_no_lock() -> None:
+    # A SIGKILLed CLI whose parent died too stays a zombie when no init reaps it: not running.
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _process_runs(proc.pid)
+        proc.kill()
+        time.sleep(0.3)  # not waited for: a zombie until wait() below
+        assert not _process_runs(proc.pid)
+    finally:
+        proc.wait()
