@@ -35,9 +35,11 @@ LEGACY_FORMAT = JOBLIB
 
 #: Every type a stored pipeline may contain, by the name skops records: exactly what
 #: :func:`ml.model.fit_model`'s pipeline holds (tests/ml/test_registry.py keeps the two equal when a
-#: library or the pipeline changes), plus ``ml.features.price_keys``, which models registered with
-#: the price block refer to, so they can be converted. skops trusts some of these by default;
-#: listing them all here means a default it adds later is still refused unless it is listed.
+#: library or the pipeline changes), plus ``ml.features.price_keys`` and sklearn's
+#: ``TfidfVectorizer``, which models registered with the price block or before the vectorizers were
+#: :class:`ml.features.CompactTfidfVectorizer` refer to, so they can be converted. skops trusts
+#: some of these by default; listing them all here means a default it adds later is still refused
+#: unless it is listed.
 TRUSTED_TYPES: frozenset[str] = frozenset(
     {
         "builtins.dict",
@@ -46,6 +48,7 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         "builtins.str",
         "builtins.tuple",
         "ml.calibration.TemperatureScaledSVC",
+        "ml.features.CompactTfidfVectorizer",
         "ml.features.SequentialColumnTransformer",
         "ml.features.first_word",
         "ml.features.last_word",

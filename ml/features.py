@@ -135,6 +135,37 @@ class SequentialColumnTransformer(ColumnTransformer):
             return super().transform(X, **params)
 
 
+class CompactTfidfVectorizer(TfidfVectorizer):
+    """``TfidfVectorizer`` whose fitted vocabulary is stored as one string and an array of offsets.
+
+    skops stores a dict one entry at a time: with the ~86,000 n-grams of a full model that took 6 s
+    to write and 2.7 s to load, ten times joblib. Stored as one string, the term ends and the column
+    of each term, it is three values. Fitting and transforming are ``TfidfVectorizer``'s.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        vocabulary = state.pop("vocabulary_", None)
+        if vocabulary is not None:
+            terms = list(vocabulary)
+            state["vocabulary_text_"] = "".join(terms)
+            state["vocabulary_ends_"] = np.cumsum([len(t) for t in terms], dtype=np.int64)
+            state["vocabulary_columns_"] = np.fromiter(vocabulary.values(), dtype=np.int64, count=len(terms))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        text = state.pop("vocabulary_text_", None)
+        if text is not None:
+            ends = state.pop("vocabulary_ends_").tolist()
+            starts = [0, *ends[:-1]]
+            columns = state.pop("vocabulary_columns_").tolist()
+            if len(ends) != len(columns) or (ends and ends[-1] != len(text)):
+                raise ValueError("a stored vocabulary's terms and columns do not match")
+            state["vocabulary_"] = {text[a:b]: c for a, b, c in zip(starts, ends, columns, strict=True)}
+        super().__setstate__(state)
+
+
 def build_preprocessor(
     *, char_ngram_max: int = 5, word_ngram_max: int = 2, min_df: int = 1
 ) -> SequentialColumnTransformer:
@@ -145,7 +176,7 @@ def build_preprocessor(
             [
                 (
                     "chars",
-                    TfidfVectorizer(
+                    CompactTfidfVectorizer(
                         analyzer="char_wb",
                         ngram_range=(2, char_ngram_max),
                         sublinear_tf=True,
@@ -156,7 +187,7 @@ def build_preprocessor(
                 ),
                 (
                     "words",
-                    TfidfVectorizer(
+                    CompactTfidfVectorizer(
                         analyzer="word",
                         ngram_range=(1, word_ngram_max),
                         token_pattern=r"[^ ]+",
@@ -166,8 +197,14 @@ def build_preprocessor(
                     ),
                 ),
                 # one word per row, so TF-IDF with unit length is a one-hot of the words seen twice
-                ("first_word", TfidfVectorizer(analyzer=first_word, sublinear_tf=True, min_df=2, dtype=np.float32)),
-                ("last_word", TfidfVectorizer(analyzer=last_word, sublinear_tf=True, min_df=2, dtype=np.float32)),
+                (
+                    "first_word",
+                    CompactTfidfVectorizer(analyzer=first_word, sublinear_tf=True, min_df=2, dtype=np.float32),
+                ),
+                (
+                    "last_word",
+                    CompactTfidfVectorizer(analyzer=last_word, sublinear_tf=True, min_df=2, dtype=np.float32),
+                ),
             ],
             transformer_weights={"first_word": ONE_HOT_WEIGHT, "last_word": ONE_HOT_WEIGHT},
         ),

@@ -179,3 +179,24 @@ def test_category_prototypes_refuse_a_weighted_character_block(purchases_sample:
     weighted = build_preprocessor(min_df=2).set_params(description__featureunion__transformer_weights={"chars": 2.0})
     with pytest.raises(ValueError, match="unweighted character block"):
         category_prototypes(weighted.fit(frame), ["LABORATORY - CHEMISTRY"])
+
+
+def test_compact_vectorizer_stores_its_vocabulary_as_arrays_and_restores_it() -> None:
+    import pickle
+
+    from ml import artifacts
+    from ml.features import CompactTfidfVectorizer
+
+    texts = ["SUT SILK 3-0", "GLOVE NITRILE LG", "SUT VICRYL 4-0", "élan ünïcode"]
+    fitted = CompactTfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)).fit(texts)
+    state = fitted.__getstate__()
+    assert "vocabulary_" not in state and isinstance(state["vocabulary_text_"], str)
+    for copy in (
+        pickle.loads(pickle.dumps(fitted)),
+        artifacts.loads(artifacts.dumps(fitted), artifacts.SKOPS, allow_pickle=False, label="test"),
+    ):
+        assert copy.vocabulary_ == fitted.vocabulary_
+        assert (copy.transform(texts) != fitted.transform(texts)).nnz == 0
+    state["vocabulary_ends_"] = state["vocabulary_ends_"][:-1]
+    with pytest.raises(ValueError, match="do not match"):
+        CompactTfidfVectorizer().__setstate__(state)
