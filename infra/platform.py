@@ -173,7 +173,6 @@ def build(cfg: StackConfig, stack: str | None = None, region: str | None = None)
     return platform
 
 
-
 class Workloads(pulumi.ComponentResource):
     """Namespace, Dask, serving and CronJobs for one stack."""
 
