@@ -33,7 +33,7 @@ lint: env
 
 test: lint engine-tools
 	scripts/install-test-servers
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q
 
 # The real Pulumi CLI, YAML language host, Kubernetes provider and a local control plane, built from
 # Go modules at the versions pinned in engine/*/go.mod (first use only: cached outside the clone).

@@ -29,7 +29,8 @@ DEFAULT_WORKDIR = "var/demo"
 #: Categories listed in the summary; the rest are pooled.
 SHOWN_CATEGORIES = 10
 
-console = Console()
+# soft_wrap: paths and commands are printed whole (to copy), never broken at the terminal width
+console = Console(soft_wrap=True)
 
 
 def agreement_with_experts(engine: sa.Engine, version: str) -> tuple[int, float, int, float]:

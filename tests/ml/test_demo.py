@@ -18,7 +18,7 @@ def test_demo_runs_the_batch_flow_and_says_where_results_are(
 ) -> None:
     data = tmp_path / "sample.csv"
     purchases_sample.iloc[:1500].to_csv(data, index=False)
-    workdir = tmp_path / "demo"
+    workdir = tmp_path / ("a-long-directory-name-" * 4) / "demo"  # printed whole, whatever its length
 
     code = main(["demo", "--data", str(data), "--workdir", str(workdir), "--scheduler", dask_address])
 
