@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,32 +68,33 @@ class ValidationReport:
 DEFAULT_ENCODING = "utf-8"
 
 
-def read_records(
-    path: str, storage_options: dict[str, object] | None = None, encoding: str = DEFAULT_ENCODING
-) -> pd.DataFrame:
-    """Read a CSV (in ``encoding``) or parquet file (local path or any fsspec URL) with the schema's dtypes.
-
-    Hospital exports are often Windows-1252 or Latin-1: a file that is not valid ``encoding`` is
-    refused with the option to pass, never read with replacement characters.
-    """
+def _is_parquet(path: str) -> bool:
     lower = path.lower()
+    return lower.endswith((".parquet", ".pq")) or lower.rstrip("/").endswith(("/", "parquet"))
+
+
+def _csv_options(encoding: str) -> dict[str, Any]:
+    """How every CSV is parsed: text columns stay text (an id of ``007`` keeps its zeros), only a
+    cost can be missing, and bytes that are not ``encoding`` are an error, never replaced."""
+    return {
+        "dtype": {c: "string" for c in TEXT_COLUMNS},
+        "keep_default_na": False,
+        "na_values": {COST: ["", "NA", "NaN", "nan"]},
+        "encoding": encoding,
+        "encoding_errors": "strict",
+    }
+
+
+@contextmanager
+def _read_errors_as_bad_input(path: str, encoding: str) -> Iterator[None]:
+    """Refuse an unknown ``encoding`` up front, then turn a failed read of ``path`` inside the block
+    into :class:`BadInputError` naming the file and, for undecodable text, the option to pass."""
     try:
         codecs.lookup(encoding)
     except LookupError as exc:
         raise BadInputError(f"unknown encoding {encoding!r} (--encoding); e.g. utf-8, cp1252, latin-1") from exc
     try:
-        if lower.endswith((".parquet", ".pq")) or lower.rstrip("/").endswith(("/", "parquet")):
-            frame = pd.read_parquet(path, storage_options=storage_options)
-        else:
-            frame = pd.read_csv(
-                path,
-                dtype={c: "string" for c in TEXT_COLUMNS},
-                keep_default_na=False,
-                na_values={COST: ["", "NA", "NaN", "nan"]},
-                storage_options=storage_options,
-                encoding=encoding,
-                encoding_errors="strict",
-            )
+        yield
     except FileNotFoundError as exc:
         raise BadInputError(f"data file not found: {path}") from exc
     except UnicodeDecodeError as exc:
@@ -100,7 +104,44 @@ def read_records(
         ) from exc
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         raise BadInputError(f"cannot read {path}: {exc}") from exc
-    return frame
+
+
+def read_records(
+    path: str, storage_options: dict[str, object] | None = None, encoding: str = DEFAULT_ENCODING
+) -> pd.DataFrame:
+    """Read a CSV (in ``encoding``) or parquet file (local path or any fsspec URL) with the schema's dtypes.
+
+    Hospital exports are often Windows-1252 or Latin-1: a file that is not valid ``encoding`` is
+    refused with the option to pass, never read with replacement characters.
+    """
+    with _read_errors_as_bad_input(path, encoding):
+        if _is_parquet(path):
+            return pd.read_parquet(path, storage_options=storage_options)
+        return pd.read_csv(path, storage_options=storage_options, **_csv_options(encoding))
+
+
+def read_record_chunks(path: str, encoding: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A records file ``chunk_rows`` rows at a time, typed and refused as :func:`read_records` does.
+
+    Each chunk's index continues the previous one's, so a bad row's position names it in reports.
+    """
+    with _read_errors_as_bad_input(path, encoding):
+        if _is_parquet(path):
+            import fsspec
+            import pyarrow.dataset
+
+            fs, root = fsspec.core.url_to_fs(path)
+            start = 0
+            for batch in pyarrow.dataset.dataset(root, filesystem=fs, format="parquet").to_batches(
+                batch_size=chunk_rows
+            ):
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield frame
+            return
+        with pd.read_csv(path, chunksize=chunk_rows, **_csv_options(encoding)) as reader:
+            yield from reader
 
 
 def add_encoding_argument(parser: argparse.ArgumentParser) -> None:

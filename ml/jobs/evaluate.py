@@ -13,12 +13,11 @@ each in turn, beside the plain baseline (:func:`ml.model.build_baseline`) on the
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,51 +196,6 @@ def registry_for(model: str, name: str) -> tuple[ModelRegistry, str]:
     return ModelRegistry(model, name), "latest"
 
 
-def read_chunks(path: str, encoding: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """A records file ``chunk_rows`` rows at a time, typed as :func:`ml.schema.read_records` types it.
-
-    Each chunk's index continues the previous one's, so a bad row's position names it in reports.
-    """
-    lower = path.lower()
-    try:
-        codecs.lookup(encoding)
-        if lower.endswith((".parquet", ".pq")) or lower.rstrip("/").endswith(("/", "parquet")):
-            import fsspec
-            import pyarrow.dataset
-
-            fs, root = fsspec.core.url_to_fs(path)
-            start = 0
-            for batch in pyarrow.dataset.dataset(root, filesystem=fs, format="parquet").to_batches(
-                batch_size=chunk_rows
-            ):
-                frame = batch.to_pandas()
-                frame.index = pd.RangeIndex(start, start + len(frame))
-                start += len(frame)
-                yield frame
-            return
-        with pd.read_csv(
-            path,
-            dtype={c: "string" for c in schema.TEXT_COLUMNS},
-            keep_default_na=False,
-            na_values={schema.COST: ["", "NA", "NaN", "nan"]},
-            encoding=encoding,
-            encoding_errors="strict",
-            chunksize=chunk_rows,
-        ) as reader:
-            yield from reader
-    except LookupError as exc:
-        raise BadInputError(f"unknown encoding {encoding!r} (--encoding); e.g. utf-8, cp1252, latin-1") from exc
-    except FileNotFoundError as exc:
-        raise BadInputError(f"data file not found: {path}") from exc
-    except UnicodeDecodeError as exc:
-        raise BadInputError(
-            f"cannot read {path} as {encoding} text ({exc}); pass the file's encoding with --encoding, "
-            "e.g. --encoding cp1252 for Windows exports or --encoding latin-1"
-        ) from exc
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
-        raise BadInputError(f"cannot read {path}: {exc}") from exc
-
-
 def predict_file(
     pipeline: Any, path: str, encoding: str, chunk_rows: int, max_bad_share: float
 ) -> tuple[schema.ValidationReport, np.ndarray, Predictions]:
@@ -258,7 +212,7 @@ def predict_file(
     labels: dict[str, str] = {}
     truths: list[np.ndarray] = []
     parts: list[Predictions] = []
-    for chunk in read_chunks(path, encoding, chunk_rows):
+    for chunk in schema.read_record_chunks(path, encoding, chunk_rows):
         report = schema.validate(chunk, labeled=True)
         typed = schema.coerce(chunk, labeled=True)
         rejected = report.bad_rows.copy()

@@ -3,6 +3,7 @@ check and predict, encode the answer. Errors are ``{"error": "..."}`` (see :mod:
 
 from __future__ import annotations
 
+import functools
 from enum import Enum
 from typing import Any
 
@@ -103,24 +104,15 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         }
     }
 
-    @app.post(
-        "/v2/models/{name}/infer",
-        tags=TAGS,
-        response_model=v2.InferenceResponse,
-        summary="V2 inference",
-        responses=infer_responses,
-        openapi_extra=infer_body,
+    # Both inference routes are documented alike; only the path and summary differ.
+    post_infer = functools.partial(
+        app.post, tags=TAGS, response_model=v2.InferenceResponse, responses=infer_responses, openapi_extra=infer_body
     )
+
+    @post_infer("/v2/models/{name}/infer", summary="V2 inference")
     async def v2_infer(name: str, request: Request) -> Response:
         return await infer(name, None, request)
 
-    @app.post(
-        "/v2/models/{name}/versions/{version}/infer",
-        tags=TAGS,
-        response_model=v2.InferenceResponse,
-        summary="V2 inference on a given version",
-        responses=infer_responses,
-        openapi_extra=infer_body,
-    )
+    @post_infer("/v2/models/{name}/versions/{version}/infer", summary="V2 inference on a given version")
     async def v2_version_infer(name: str, version: str, request: Request) -> Response:
         return await infer(name, version, request)
