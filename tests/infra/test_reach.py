@@ -73,14 +73,19 @@ def test_a_stack_without_an_eks_cluster_asks_for_the_endpoint(capsys: pytest.Cap
     assert "stack 'local' has no EKS cluster to look up; give --endpoint" in err
 
 
+def _use_eks_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Send the EKS client to ``endpoint``, with dummy credentials so a request is signed and sent."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
 def test_before_the_first_deploy_there_is_nothing_to_reach(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # EKS's API here is moto's server, which (like AWS) answers ResourceNotFound for pc-staging.
     with moto_server() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        _use_eks_at(monkeypatch, endpoint)
         assert main(["--stack", "staging"]) == 0
         assert "stack 'staging' has no cluster yet" in capsys.readouterr().out
 
@@ -147,9 +152,7 @@ def test_refused_credentials_are_blamed_not_the_network(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", f"http://127.0.0.1:{server.server_address[1]}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        _use_eks_at(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
         assert main(["--stack", "staging"]) == 1
     finally:
         server.shutdown()
@@ -161,9 +164,7 @@ def test_before_the_first_deploy_says_who_will_reach_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with moto_server() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_EKS", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        _use_eks_at(monkeypatch, endpoint)
         assert main(["--stack", "prod"]) == 0
     cidrs = load_stack_config("prod")["purchase-classifier:cluster"]["privateAccess"]["cidrs"]
     assert f"network {cidrs[0]}" in capsys.readouterr().out

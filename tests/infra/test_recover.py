@@ -38,6 +38,18 @@ def _lock(*, hostname: str = HOST, age: timedelta = timedelta(0), pid: int = 424
     return Lock(path="l.json", pid=pid, hostname=hostname, username="ci", timestamp=NOW - age)
 
 
+def _recover(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m infra.engine recover ARGS`` from the repository root, as a person runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "infra.engine", "recover", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_a_lock_of_this_host_is_alive_exactly_while_its_process_runs() -> None:
     old = _lock(age=timedelta(days=2))
     reason = owner_may_be_alive(old, now=NOW, hostname=HOST, process_runs=lambda pid: pid == 4242)
@@ -62,23 +74,14 @@ def test_locks_are_read_from_the_backends_lock_directory(tmp_path: Path) -> None
 
 def test_recover_refuses_a_lock_whose_process_runs_and_changes_nothing(tmp_path: Path) -> None:
     lock = _write_lock(tmp_path, pid=os.getpid(), hostname=HOST, at=datetime.now(UTC) - timedelta(days=1))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infra.engine",
-            "recover",
-            "--stack",
-            "local",
-            "--backend",
-            f"file://{tmp_path}",
-            "--bin",
-            str(tmp_path / "no-bin"),
-        ],
-        cwd=ROOT,
+    proc = _recover(
+        "--stack",
+        "local",
+        "--backend",
+        f"file://{tmp_path}",
+        "--bin",
+        str(tmp_path / "no-bin"),
         env={**os.environ, "PULUMI_CONFIG_PASSPHRASE": "unused"},
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -117,47 +120,13 @@ def test_the_manual_command_is_quoted_for_a_shell() -> None:
 
 
 def test_an_import_that_is_not_urn_and_id_is_refused_by_name() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infra.engine",
-            "recover",
-            "--stack",
-            "dev",
-            "--backend",
-            "file:///x",
-            "--import",
-            "vpc-123",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _recover("--stack", "dev", "--backend", "file:///x", "--import", "vpc-123")
     assert proc.returncode == 2 and "--import vpc-123: expected URN=ID" in proc.stderr
 
 
 @pytest.mark.parametrize("minutes", ["-1"])
 def test_a_negative_lock_age_is_refused_by_name(minutes: str) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "infra.engine",
-            "recover",
-            "--stack",
-            "local",
-            "--backend",
-            "file:///x",
-            "--min-lock-age",
-            minutes,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _recover("--stack", "local", "--backend", "file:///x", "--min-lock-age", minutes)
     assert proc.returncode == 2 and "--min-lock-age: got -1.0, expected minutes >= 0" in proc.stderr
 
 

@@ -78,6 +78,16 @@ def test_review_threshold_says_where_it_came_from() -> None:
     assert decisions.review_threshold({}, None, 0.5)[1].startswith("the default")
 
 
+@pytest.mark.parametrize("stored", [5, -1, 1.0001, "x", "0.7", float("nan"), float("inf"), True, None])
+def test_a_stored_threshold_that_is_not_a_share_falls_back_to_the_default(stored: object) -> None:
+    """Metadata comes from the store, outside the process: a stored 5 would flag every line, -1 none,
+    and "x" could not be compared with a confidence at all."""
+    threshold, source = decisions.review_threshold({"review_threshold": stored, "target_accuracy": 0.95}, None)
+    assert threshold == decisions.DEFAULT_REVIEW_THRESHOLD
+    assert source.startswith("the default")
+    assert decisions.review_threshold({"review_threshold": stored}, None, 0.25) == (0.25, source)
+
+
 @pytest.mark.slow
 def test_a_threshold_chosen_on_the_split_holds_on_novel_descriptions(purchases_sample: pd.DataFrame) -> None:
     """Chosen on one set of unseen descriptions, the threshold keeps its promise on another.

@@ -1,5 +1,6 @@
 """Where the monitoring tests find their engines: Debian's ``prometheus`` and ``promtool``, and the
-Prometheus Operator's CRD schemas from its Go module at a pinned version.
+Prometheus Operator's CRD schemas from its Go module at a pinned version; and how a test starts a
+server and waits until it answers.
 
 ``scripts/install-test-servers`` (run by ``make test``) installs the binaries; a missing one is a
 set-up error that says so, never a skip.
@@ -12,10 +13,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
 
+import httpx
+
 from infra.k8s.prometheus_stack import OPERATOR_VERSION
+from tests.support.ports import free_port
 
 PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
 PROMETHEUS_OPERATOR_VERSION = OPERATOR_VERSION
@@ -64,3 +69,45 @@ def alertmanager_binary() -> str:
 
 def amtool_binary() -> str:
     return _binary("amtool")
+
+
+def start_logged(args: list[str], log: Path, running: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Start ``args`` with its output in ``log``; it joins ``running`` at once, so the caller stops it
+    by its handle even when it never becomes ready."""
+    process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    running.append(process)
+    return process
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Poll ``url`` until it answers 200. A process that exits first, or a server that never answers,
+    fails with the tail of its log: that says why, where a bare connection error would not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args!r} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered 200:\n{log.read_text()[-3000:]}")
+
+
+def start_prometheus(config: Path, storage: Path, log: Path, running: list[subprocess.Popen[bytes]]) -> str:
+    """Debian's Prometheus running ``config`` on a free loopback port, ready to query; its URL.
+
+    Relative paths in ``config`` (``rule_files``) are read from the config file's directory.
+    """
+    port = free_port()
+    args = [
+        prometheus_binary(),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    prometheus = start_logged(args, log, running)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_ready(f"{url}/-/ready", prometheus, log)
+    return url

@@ -24,7 +24,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -33,7 +32,13 @@ from infra.k8s.common import SERVING
 from infra.k8s.monitoring import rule_groups
 from infra.k8s.prometheus_stack import alertmanager_config
 from infra.schema.alerting import Alerting
-from tests.monitoring.engines import alertmanager_binary, amtool_binary, prometheus_binary
+from tests.monitoring.engines import (
+    alertmanager_binary,
+    amtool_binary,
+    start_logged,
+    start_prometheus,
+    wait_until_ready,
+)
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -143,26 +148,6 @@ def test_amtool_accepts_the_rendered_configuration(tmp_path: Path) -> None:
         assert f"{receivers} receivers" in result.stdout
 
 
-def _start(args: list[str], log: Path, running: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    running.append(process)
-    return process
-
-
-def _ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args!r} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became ready:\n{log.read_text()[-3000:]}")
-
-
 def _names(alerts: list[dict[str, Any]]) -> set[str]:
     return {alert["labels"]["alertname"] for alert in alerts}
 
@@ -177,7 +162,7 @@ def test_a_firing_rule_reaches_the_receivers_its_severity_routes_to(tmp_path: Pa
     am_config.write_text(yaml.safe_dump(alertmanager_config(alerting(endpoint.url))))
     assert amtool_check(am_config).returncode == 0
 
-    am_port, prom_port = free_port(), free_port()
+    am_port = free_port()
     (tmp_path / "prometheus.yaml").write_text(
         yaml.safe_dump(
             {
@@ -198,7 +183,7 @@ def test_a_firing_rule_reaches_the_receivers_its_severity_routes_to(tmp_path: Pa
     running: list[subprocess.Popen[bytes]] = []
     try:
         am_log = tmp_path / "alertmanager.log"
-        alertmanager = _start(
+        alertmanager = start_logged(
             [
                 alertmanager_binary(),
                 f"--config.file={am_config}",
@@ -209,19 +194,10 @@ def test_a_firing_rule_reaches_the_receivers_its_severity_routes_to(tmp_path: Pa
             am_log,
             running,
         )
-        _ready(f"http://127.0.0.1:{am_port}/-/ready", alertmanager, am_log)
-        prom_log = tmp_path / "prometheus.log"
-        prometheus = _start(
-            [
-                prometheus_binary(),
-                f"--config.file={tmp_path / 'prometheus.yaml'}",
-                f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            prom_log,
-            running,
+        wait_until_ready(f"http://127.0.0.1:{am_port}/-/ready", alertmanager, am_log)
+        start_prometheus(
+            tmp_path / "prometheus.yaml", tmp_path / "prometheus-data", tmp_path / "prometheus.log", running
         )
-        _ready(f"http://127.0.0.1:{prom_port}/-/ready", prometheus, prom_log)
 
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

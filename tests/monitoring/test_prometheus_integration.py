@@ -33,7 +33,7 @@ from ml.reference import PROFILE_KEY, review_share
 from ml.registry import ModelRegistry
 from ml.schema import CATEGORY
 from tests.ml.serve_fixtures import MODEL, Server, start_server, tiny_data
-from tests.monitoring.engines import prometheus_binary
+from tests.monitoring.engines import start_logged, start_prometheus, wait_until_ready
 from tests.monitoring.test_dashboard import PANELS, as_prometheus_query
 from tests.support.ports import free_port
 
@@ -54,9 +54,7 @@ class Processes:
     running: list[subprocess.Popen[bytes]]
 
     def start(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        self.running.append(process)
-        return process
+        return start_logged(args, log, self.running)
 
     def stop(self) -> None:
         for process in reversed(self.running):
@@ -67,20 +65,6 @@ class Processes:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-
-
-def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args!r} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never answered 200:\n{log.read_text()[-3000:]}")
 
 
 @dataclass
@@ -148,13 +132,13 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, tiny_data: pd.DataFrame)
              "--dashboard-address", f"127.0.0.1:{scheduler_http}"],
             base / "scheduler.log",
         )  # fmt: skip
-        wait_for(f"http://127.0.0.1:{scheduler_http}/health", scheduler, base / "scheduler.log")
+        wait_until_ready(f"http://127.0.0.1:{scheduler_http}/health", scheduler, base / "scheduler.log")
         worker = processes.start(
             [*ml, "dask", "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
              "--dashboard-address", f"127.0.0.1:{worker_http}", "--local-directory", str(base)],
             base / "worker.log",
         )  # fmt: skip
-        wait_for(f"http://127.0.0.1:{worker_http}/health", worker, base / "worker.log")
+        wait_until_ready(f"http://127.0.0.1:{worker_http}/health", worker, base / "worker.log")
 
         data = base / "labelled.csv"
         tiny_data.to_csv(data, index=False)
@@ -187,14 +171,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory, tiny_data: pd.DataFrame)
             server.url.removeprefix("http://"), f"127.0.0.1:{scheduler_http}", f"127.0.0.1:{worker_http}"
         )
         (base / "prometheus.yml").write_text(yaml.safe_dump(config))
-        prometheus_port = free_port()
-        prometheus = processes.start(
-            [prometheus_binary(), f"--config.file={base / 'prometheus.yml'}",
-             f"--storage.tsdb.path={base / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-            base / "prometheus.log",
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{prometheus_port}"
-        wait_for(f"{url}/-/ready", prometheus, base / "prometheus.log")
+        url = start_prometheus(base / "prometheus.yml", base / "tsdb", base / "prometheus.log", processes.running)
         yield Monitored(url, server, latest, candidate, registry, tiny_data)
     finally:
         if server is not None:
