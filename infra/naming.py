@@ -61,6 +61,13 @@ def workload_boundary_arn(account_id: str) -> str:
     return f"arn:aws:iam::{account_id}:policy/{WORKLOAD_BOUNDARY_NAME}"
 
 
+PREVIEW_GROUP = "purchase-classifier:preview"
+"""The Kubernetes group of the preview identity (pull-request previews, drift checks): the ``ci-preview``
+role's EKS access entry maps to it, and the program's read-only ClusterRole is bound to it."""
+PREVIEW_REFRESH_EXCLUDES = ("**kubernetes:core/v1:Secret::**", "**kubernetes:helm.sh/v3:Release::**")
+"""URN globs (``pulumi preview --refresh --exclude``) of what the preview group may not read: Secrets,
+and Helm releases, which Helm keeps in Secrets."""
+
 PREFIX_TRAINING = "training/"
 PREFIX_MODELS = "models/"
 PREFIX_PREDICTIONS = "predictions/"

@@ -29,6 +29,7 @@ from infra.k8s.dask import DaskCluster, worker_memory_limit
 from infra.k8s.jobs import Bootstrap, Jobs
 from infra.k8s.monitoring import MonitoringObjects
 from infra.k8s.namespace import Namespace
+from infra.k8s.preview_access import PreviewAccess
 from infra.k8s.prometheus_stack import PrometheusStack
 from infra.k8s.serving import Serving
 from infra.naming import PROJECT, SERVICE_ACCOUNTS
@@ -160,6 +161,7 @@ def build(cfg: StackConfig, stack: str | None = None, region: str | None = None)
         platform = _build_eks(cfg, stack, region)
     else:
         platform = _build_existing(cfg)
+    PreviewAccess("preview-access", stack, cfg.environment, opts=pulumi.ResourceOptions(provider=platform.k8s_provider))
     if cfg.image_digest is None:
         pulumi.log.warn(
             "purchase-classifier:imageDigest is not set: the platform is created but the workloads are "

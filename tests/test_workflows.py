@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -22,6 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from infra.naming import PREVIEW_REFRESH_EXCLUDES
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -46,6 +49,27 @@ def _steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _uses(step: dict[str, Any], action: str) -> bool:
     return str(step.get("uses", "")).split("@")[0] == action
+
+
+def _pulumi_operations(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each Pulumi operation a job runs, through ``pulumi/actions`` (its inputs) or a ``pulumi
+    <command>`` run step (its flags), as ``{"step", "command", "stack", "refresh", "policy_pack"}``."""
+    operations = []
+    for step in job.get("steps", []):
+        if _uses(step, "pulumi/actions") and "command" in step["with"]:
+            given = step["with"]
+            stack, refresh, pack = given["stack-name"], bool(given.get("refresh")), given.get("policyPacks")
+            operations.append(
+                {"step": step, "command": given["command"], "stack": stack, "refresh": refresh, "policy_pack": pack}
+            )
+        elif str(step.get("run", "")).startswith("pulumi "):
+            args = shlex.split(step["run"])
+            stack = args[args.index("--stack") + 1].replace("$STACK_REF", step.get("env", {}).get("STACK_REF", ""))
+            pack = args[args.index("--policy-pack") + 1] if "--policy-pack" in args else None
+            operations.append(
+                {"step": step, "command": args[1], "stack": stack, "refresh": "--refresh" in args, "policy_pack": pack}
+            )
+    return operations
 
 
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -246,11 +270,7 @@ def concurrency_problems(name: str, workflow: dict[str, Any]) -> list[str]:
     request's preview reads the state only, and may run beside them)."""
     problems = []
     for job_name, job in workflow["jobs"].items():
-        stacks = [
-            s["with"]["stack-name"]
-            for s in job.get("steps", [])
-            if _uses(s, "pulumi/actions") and (s["with"]["command"] == "up" or s["with"].get("refresh"))
-        ]
+        stacks = [op["stack"] for op in _pulumi_operations(job) if op["command"] == "up" or op["refresh"]]
         if not stacks:
             continue
         group = str((job.get("concurrency") or workflow.get("concurrency") or {}).get("group", ""))
@@ -443,10 +463,10 @@ def test_oidc_only(path: Path) -> None:
             if _uses(step, "aws-actions/configure-aws-credentials"):
                 assert step["with"]["role-to-assume"].startswith("${{ vars.")
                 assert job["permissions"].get("id-token") == "write", name
-            if _uses(step, "pulumi/actions"):
-                auth = [s for s in steps if _uses(s, "pulumi/auth-actions")]
-                assert auth and steps.index(auth[0]) < steps.index(step), f"{name}: OIDC login first"
-                assert step["with"]["policyPacks"] == "policy"
+        for op in _pulumi_operations(job):
+            auth = [s for s in steps if _uses(s, "pulumi/auth-actions")]
+            assert auth and steps.index(auth[0]) < steps.index(op["step"]), f"{name}: OIDC login first"
+            assert op["policy_pack"] == "policy"
 
 
 def _cluster_jobs() -> list[tuple[str, str, dict[str, Any]]]:
@@ -454,7 +474,7 @@ def _cluster_jobs() -> list[tuple[str, str, dict[str, Any]]]:
         (path.name, name, job)
         for path in WORKFLOWS
         for name, job in _load(path)["jobs"].items()
-        if any(_uses(s, "pulumi/actions") for s in job.get("steps", []))
+        if _pulumi_operations(job)
     ]
 
 
@@ -473,9 +493,10 @@ def test_cluster_jobs_install_the_infra_group_with_the_aws_cli(workflow: str, na
 @pytest.mark.parametrize(("workflow", "name", "job"), _cluster_jobs(), ids=lambda v: v if isinstance(v, str) else "")
 def test_a_failed_up_names_the_recovery_for_a_stale_lock(workflow: str, name: str, job: dict[str, Any]) -> None:
     steps = job["steps"]
-    (pulumi,) = [s for s in steps if _uses(s, "pulumi/actions")]
-    if pulumi["with"]["command"] != "up":
+    (operation,) = _pulumi_operations(job)
+    if operation["command"] != "up":
         return
+    pulumi = operation["step"]
     assert pulumi.get("id") == "up"
     after = steps[steps.index(pulumi) + 1 :]
     explain = [s for s in after if RECOVER in str(s.get("run", ""))]
@@ -605,9 +626,14 @@ def test_drift_workflow() -> None:
     assert detect["strategy"]["fail-fast"] is False  # one drifted environment must not hide another
     assert detect["permissions"] == {"contents": "read", "id-token": "write"}
     _assert_runs_in_its_environment(detect, "${{ matrix.stack }}", "-preview", "AWS_PREVIEW_ROLE_ARN")
-    (pulumi,) = [s for s in detect["steps"] if _uses(s, "pulumi/actions")]
-    assert pulumi["with"]["command"] == "preview"
-    assert pulumi["with"]["refresh"] is True and pulumi["with"]["expect-no-changes"] is True
+    (install,) = [s for s in detect["steps"] if _uses(s, "pulumi/actions")]
+    assert "command" not in install["with"]  # installs the CLI only
+    (preview,) = [s for s in detect["steps"] if "pulumi preview" in s.get("run", "")]
+    assert detect["steps"].index(install) < detect["steps"].index(preview)
+    args = shlex.split(preview["run"])
+    assert {"--refresh", "--expect-no-changes"} <= set(args) and args[args.index("--stack") + 1] == "$STACK_REF"
+    # Exactly what the preview group cannot read (tests/engine proves the refresh needs it).
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--exclude"] == list(PREVIEW_REFRESH_EXCLUDES)
 
     assert report["needs"] == "detect" and report["if"] == "failure()"
     assert report["permissions"] == {"issues": "write"}

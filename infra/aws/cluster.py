@@ -24,7 +24,7 @@ from infra.aws.policies import assume_role_policy, cluster_assume_role_policy, p
 from infra.aws.roles import bounded_role_args
 from infra.aws.stateful import encrypted_log_group, stateful_options
 from infra.catalog import NODE_POLICIES
-from infra.naming import DISCOVERY_TAG, SYSTEM_TAINT_KEY
+from infra.naming import DISCOVERY_TAG, PREVIEW_GROUP, SYSTEM_TAINT_KEY
 from infra.schema import SUPPORTED_CLUSTER_VERSIONS, Protection
 from infra.schema import Cluster as ClusterConfig
 
@@ -43,8 +43,6 @@ _MANAGED = "arn:aws:iam::aws:policy/"
 CLUSTER_POLICIES = (f"{_MANAGED}AmazonEKSClusterPolicy",)
 EBS_CSI_POLICY = f"{_MANAGED}service-role/AmazonEBSCSIDriverPolicy"
 ADMIN_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
-VIEW_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
-"""Read every object, Secrets included: what `pulumi preview --refresh` reads, and no write."""
 SYSTEM_AMI_TYPE = "AL2023_x86_64_STANDARD"
 API_PORT = 443
 IMDS_HOP_LIMIT = 1
@@ -217,38 +215,41 @@ class Cluster(pulumi.ComponentResource):
                 opts=child,
             )
 
-        def access_entries(role: str, arns: Sequence[str], policy_arn: str) -> list[aws.eks.AccessPolicyAssociation]:
-            """One access entry per role ARN, each granted ``policy_arn`` on the whole cluster; both named
-            by the principal, so reordering the list changes nothing and removing one role touches only its
-            entry. The association takes the principal from its entry: it is created after the entry and
-            deleted before it."""
-            associations = []
-            for i, arn in enumerate(arns):
-                key = f"{name}-{role}-{principal_key(arn)}"
-                # The list-index names of earlier versions: a stack deployed with them keeps its entries
-                # (renamed in place) on its first update, provided the list is not reordered in it too.
-                was = [pulumi.Alias(name=f"{name}-{role}-{i}")]
-                entry = aws.eks.AccessEntry(
-                    key,
-                    cluster_name=cluster.name,
-                    principal_arn=arn,
-                    type="STANDARD",
-                    opts=pulumi.ResourceOptions(parent=self, aliases=was),
-                )
-                associations.append(
-                    aws.eks.AccessPolicyAssociation(
-                        key,
-                        cluster_name=entry.cluster_name,
-                        principal_arn=entry.principal_arn,
-                        policy_arn=policy_arn,
-                        access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
-                        opts=pulumi.ResourceOptions(parent=self, depends_on=[entry], aliases=was),
-                    )
-                )
-            return associations
+        def access_entry(role: str, arn: str, index: int, policy_arn: str | None) -> pulumi.Resource:
+            """The principal's access entry, and with ``policy_arn`` that EKS policy on the whole cluster.
+            Both are named by the principal, so reordering the list changes nothing and removing one role
+            touches only its entry. The association takes the principal from its entry: it is created
+            after the entry and deleted before it. Returns what exists last."""
+            key = f"{name}-{role}-{principal_key(arn)}"
+            # The list-index names of earlier versions: a stack deployed with them keeps its entries
+            # (renamed in place) on its first update, provided the list is not reordered in it too.
+            was = [pulumi.Alias(name=f"{name}-{role}-{index}")]
+            entry = aws.eks.AccessEntry(
+                key,
+                cluster_name=cluster.name,
+                principal_arn=arn,
+                type="STANDARD",
+                # The viewers get no EKS policy (AmazonEKSAdminViewPolicy reads Secrets), only the group
+                # the program's read-only ClusterRole is bound to (infra.k8s.preview_access).
+                kubernetes_groups=None if policy_arn else [PREVIEW_GROUP],
+                opts=pulumi.ResourceOptions(parent=self, aliases=was),
+            )
+            if policy_arn is None:
+                return entry
+            return aws.eks.AccessPolicyAssociation(
+                key,
+                cluster_name=entry.cluster_name,
+                principal_arn=entry.principal_arn,
+                policy_arn=policy_arn,
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[entry], aliases=was),
+            )
 
-        admin_access = access_entries("admin", cfg.admin_role_arns, ADMIN_ACCESS_POLICY)
-        access_entries("viewer", cfg.viewer_role_arns, VIEW_ACCESS_POLICY)
+        admin_access = [
+            access_entry("admin", arn, i, policy_arn=ADMIN_ACCESS_POLICY) for i, arn in enumerate(cfg.admin_role_arns)
+        ]
+        for i, arn in enumerate(cfg.viewer_role_arns):
+            access_entry("viewer", arn, i, policy_arn=None)
 
         self.name = cluster.name
         addon = self._addon

@@ -157,8 +157,8 @@ class Cluster(Model):
     )
     viewer_role_arns: list[str] = Field(
         default_factory=list,
-        description="IAM roles granted read access to every Kubernetes object, Secrets included "
-        "(EKS `AmazonEKSAdminViewPolicy`): the CI preview and drift-detection role.",
+        description="IAM roles mapped to the Kubernetes group `purchase-classifier:preview`, which reads "
+        "every kind the program manages except Secrets: the CI preview and drift-detection role.",
     )
     log_retention_days: int = Field(
         default=30,

@@ -22,7 +22,7 @@ from bootstrap.policies import (
 from infra.aws.policies import least_privilege_violations
 from infra.config import ConfigError, parse_config
 from infra.mockrun import StackRun, load_stack_config, run_program, stack_account, to_pulumi_config
-from infra.naming import WORKLOAD_BOUNDARY_NAME, WORKLOAD_ROLE_PATH, workload_boundary_arn
+from infra.naming import PREVIEW_GROUP, WORKLOAD_BOUNDARY_NAME, WORKLOAD_ROLE_PATH, workload_boundary_arn
 from policy.rules import check_resource, iam_role_bounded
 from tests.bootstrap.iam_eval import ADMINISTRATOR_ACCESS, POWER_USER_ACCESS, allows, effective
 from tests.infra.harness import cached_run
@@ -357,11 +357,13 @@ def test_the_preview_role_reads_the_main_stacks_cluster(stack: str) -> None:
     main = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     assert preview in main["purchase-classifier:cluster"]["viewerRoleArns"]
     assert preview not in main["purchase-classifier:cluster"]["adminRoleArns"]
+    run = cached_run(stack)
     associations = {
-        r.inputs["principalArn"]: r.inputs["policyArn"]
-        for r in cached_run(stack).of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+        r.inputs["principalArn"] for r in run.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
     }
-    assert associations[preview] == "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
+    assert preview not in associations  # no EKS view policy: AmazonEKSAdminViewPolicy reads Secrets
+    entry = next(e for e in run.of_type("aws:eks/accessEntry:AccessEntry") if e.inputs["principalArn"] == preview)
+    assert entry.inputs["kubernetesGroups"] == [PREVIEW_GROUP]
 
 
 def test_a_role_cannot_be_both_viewer_and_admin() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.naming import PREVIEW_GROUP
 from infra.render import kubernetes_manifests
 from tests.engine.conftest import Kubectl, get_json
 from tests.infra.harness import AWS_STACKS, cached_run
@@ -59,6 +60,16 @@ def test_the_api_server_admits_every_object_of_the_stack(
         lambda: kubectl("delete", "--ignore-not-found", "--wait", "-f", "-", input=yaml.safe_dump_all(objects))
     )
     apply(kubectl, objects)
+    # The preview group (the CI preview role's access entry) reads every object but the Secrets, as the
+    # API server evaluates the program's ClusterRole.
+    as_preview = ("--as", "ci-preview", "--as-group", PREVIEW_GROUP)
+    readable = [o for o in objects if o["kind"] != "Secret"]
+    assert len(
+        kubectl("get", *as_preview, "-f", "-", "-o", "name", input=yaml.safe_dump_all(readable)).stdout.split()
+    ) == len(readable)
+    secrets = [o for o in objects if o["kind"] == "Secret"]
+    denied = kubectl("get", *as_preview, "-f", "-", input=yaml.safe_dump_all(secrets), check=False)
+    assert secrets and denied.returncode != 0 and "forbidden" in denied.stderr, denied.stderr
     pools = {i["metadata"]["name"] for i in get_json(kubectl, "nodepools")["items"]}
     assert {"dask", "general"} <= pools
     if "PrometheusRule" in kinds:

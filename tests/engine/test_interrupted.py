@@ -141,7 +141,8 @@ def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
         f"{PROJECT}:databaseUrl", auto.ConfigValue("postgresql+psycopg://pc:pw@postgres.data:5432/p", secret=True)
     )
     preview = engine.preview(stack, diff=False, stream=False)
-    objects = sum(bool(re.match(r"\s*\+\s+kubernetes:", line)) for line in preview.stdout.splitlines())
+    # Distinct objects: the CLI may print an object's progress line more than once.
+    objects = len({m.groups() for m in re.finditer(r"^\s*\+\s+(kubernetes:\S+)\s+(\S+)", preview.stdout, re.M)})
     assert (preview.change_summary or {}).get(auto.OpType.CREATE, 0) > objects > 20, preview.stdout
     yield Env(stack, work_dir, base / "state", bin_dir, env, objects)
     if (stack.export_stack().deployment or {}).get("resources"):

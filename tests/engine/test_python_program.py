@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pulumi import automation as auto
 
 from infra import engine
 from infra.mockrun import run_stack
+from infra.naming import PREVIEW_GROUP, PREVIEW_REFRESH_EXCLUDES
 from infra.render import is_kubernetes_object
 from tests.engine.conftest import ROOT, ControlPlane, build_tools
 from tests.support.registry import build_and_push_image, registry_server
@@ -72,6 +74,8 @@ class Deployed:
     """The offline run's Kubernetes objects (same stack file, same secrets), by ``<type>::<name>``."""
     up_seconds: float
     env: dict[str, str]
+    credential: Path
+    """The ExecCredential the stack's kubeconfig reads at each run: whose identity the provider uses."""
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["kubectl", *args], env=self.env, capture_output=True, text=True, timeout=300)
@@ -100,6 +104,32 @@ class Deployed:
         return {f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in items}
 
 
+def admin_token(control_plane: ControlPlane) -> str:
+    return str(yaml.safe_load(control_plane.kubeconfig.read_text())["users"][0]["user"]["token"])
+
+
+def exec_credential(token: str) -> str:
+    return json.dumps(
+        {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential", "status": {"token": token}}
+    )
+
+
+def exec_kubeconfig(control_plane: ControlPlane, credential: Path) -> str:
+    """The control plane's kubeconfig with the user's token read from ``credential`` at each run, as EKS
+    kubeconfigs run ``aws eks get-token``: the identity comes from outside the state."""
+    kubeconfig = yaml.safe_load(control_plane.kubeconfig.read_text())
+    for user in kubeconfig["users"]:
+        user["user"] = {
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": "cat",
+                "args": [str(credential)],
+                "interactiveMode": "Never",
+            }
+        }
+    return yaml.safe_dump(kubeconfig)
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with registry_server(tmp_path_factory.mktemp("registry")) as host:
@@ -124,11 +154,13 @@ def deployed(
     repository = f"{registry}/{PROJECT}"
     stack.set_config(f"{PROJECT}:registry", auto.ConfigValue(repository))
     stack.set_config(f"{PROJECT}:cluster.context", auto.ConfigValue("local"), path=True)
-    secrets = {**SECRETS, "kubeconfig": control_plane.kubeconfig.read_text()}
+    credential = base / "credential.json"
+    credential.write_text(exec_credential(admin_token(control_plane)))
+    secrets = {**SECRETS, "kubeconfig": exec_kubeconfig(control_plane, credential)}
     for key, value in secrets.items():
         stack.set_config(f"{PROJECT}:{key}", auto.ConfigValue(value, secret=True))
     first, promoted = (build_and_push_image(registry, PROJECT, content=f"build {n}\n".encode()).digest for n in (1, 2))
-    run = Deployed(stack, work_dir, base / "state", (first, promoted), {}, 0.0, env)
+    run = Deployed(stack, work_dir, base / "state", (first, promoted), {}, 0.0, env, credential)
     run.promote(first)
     offline = run_stack(STACK, secrets=secrets, root=work_dir)
     run.declared = {f"{r.type}::{r.name}": r.inputs for r in offline.resources if is_kubernetes_object(r)}
@@ -281,7 +313,7 @@ def test_secrets_stay_encrypted_in_the_stack_file_and_the_state(deployed: Deploy
     assert state
     for text in (stack_file, state):
         assert "never-in-state" not in text
-        assert "token:" not in text  # the kubeconfig's admin token
+        assert str(deployed.credential) not in text  # in the kubeconfig, a secret too
     # They were deployed all the same: the Secrets hold them.
     deployed_values = "\n".join(
         base64.b64decode(value).decode()
@@ -304,6 +336,43 @@ def test_the_command_line_previews_the_deployed_stack_as_unchanged(deployed: Dep
     )
     assert proc.returncode == 0, proc.stderr
     assert f"{len(deployed.state_resources())} unchanged" in proc.stdout
+
+
+def test_the_preview_group_refreshes_all_but_secrets_and_sees_drift_without_reading_a_secret(
+    deployed: Deployed, control_plane: ControlPlane
+) -> None:
+    """What a pull-request preview and the drift check can do as the ``ci-preview`` role, whose access
+    entry maps it to the preview group: read every object the stack manages but no Secret, and still
+    see a change made outside Pulumi. The provider's credential is swapped for the preview token, as
+    the job's AWS role would be on EKS; the state and the config stay as they are."""
+    token = (control_plane.dir / "preview-token").read_text().strip()
+    whoami = json.loads(deployed.kubectl("--token", token, "auth", "whoami", "-o", "json").stdout)
+    assert PREVIEW_GROUP in whoami["status"]["userInfo"]["groups"]
+    denied = deployed.kubectl("--token", token, "get", "secret", "-n", NAMESPACE, check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr, denied.stderr
+
+    deployed.credential.write_text(exec_credential(token))
+    exclude = list(PREVIEW_REFRESH_EXCLUDES)
+    try:
+        assert _changes(deployed.stack.preview(json=True, color="never").stdout) == {}  # a pull request's
+        with pytest.raises(auto.CommandError, match="forbidden"):  # a refresh that reads a Secret is refused
+            deployed.stack.preview(refresh=True, color="never")
+        deployed.stack.preview(refresh=True, exclude=exclude, expect_no_changes=True, color="never")  # the drift check
+        deployed.kubectl("delete", "networkpolicy", "default-deny", "-n", NAMESPACE)  # by hand, as admin
+        drift = deployed.stack.preview(refresh=True, exclude=exclude, json=True, color="never")
+        assert _changes(drift.stdout) == {
+            "kubernetes:networking.k8s.io/v1:NetworkPolicy::namespace-default-deny": "create"
+        }
+    finally:
+        deployed.credential.write_text(exec_credential(admin_token(control_plane)))
+        engine.up(deployed.stack, refresh=True, stream=False)
+    assert deployed.get("networkpolicy", "default-deny", "-n", NAMESPACE)
+
+
+def _changes(preview_json: str) -> dict[str, str]:
+    """``<type>::<name>`` -> operation of each step of ``pulumi preview --json`` that changes something."""
+    steps = json.loads(preview_json).get("steps", [])
+    return {engine.resource_key(s["urn"]): s["op"] for s in steps if s["op"] not in ("same", "refresh")}
 
 
 def test_destroy_removes_everything_namespace_included(deployed: Deployed) -> None:

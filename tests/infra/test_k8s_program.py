@@ -20,6 +20,7 @@ K8S_COMPONENTS = {
     "purchase-classifier:k8s:Serving",
     "purchase-classifier:k8s:Jobs",
     "purchase-classifier:k8s:Bootstrap",
+    "purchase-classifier:k8s:PreviewAccess",
 }
 OPTIONAL_K8S_COMPONENTS = {"purchase-classifier:k8s:Monitoring"}
 """Declared only where the stack enables them (tests/infra/test_monitoring.py checks which)."""
@@ -33,6 +34,8 @@ EXPECTED_KINDS = {
     "kubernetes:batch/v1:Job": 2,
     "kubernetes:policy/v1:PodDisruptionBudget": 3,  # Dask scheduler, Dask workers, serving
     "kubernetes:networking.k8s.io/v1:NetworkPolicy": 8,
+    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole": 1,  # the preview group's read access
+    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding": 1,
 }
 
 

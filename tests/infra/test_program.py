@@ -11,7 +11,7 @@ import pytest
 from infra.aws.cluster import CONTROL_PLANE_LOGS
 from infra.catalog import ADDON_NAMES
 from infra.mockrun import CapturedResource, StackRun, load_stack_config, run_stack, stack_account
-from infra.naming import IDENTITY_WORKLOADS, PROJECT
+from infra.naming import IDENTITY_WORKLOADS, PREVIEW_GROUP, PROJECT
 from tests.infra.harness import AWS_STACKS, DIGEST, STACKS, cached_run
 
 COMPONENTS = {
@@ -176,15 +176,17 @@ def test_admin_access_entries(stack: str) -> None:
     run = cached_run(stack)
     entries = run.of_type("aws:eks/accessEntry:AccessEntry")
     assocs = run.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-    standard = [e for e in entries if e.inputs["type"] == "STANDARD"]
-    assert len(standard) == len(assocs) >= 1
-    # Each principal gets one policy: cluster-admin for the admins, read-only view for the viewers.
-    policies = {a.inputs["principalArn"]: a.inputs["policyArn"].rsplit("/", 1)[1] for a in assocs}
     cluster = load_stack_config(stack)["purchase-classifier:cluster"]
-    assert policies == {arn: "AmazonEKSClusterAdminPolicy" for arn in cluster["adminRoleArns"]} | {
-        arn: "AmazonEKSAdminViewPolicy" for arn in cluster.get("viewerRoleArns", [])
+    # The admins get EKS's cluster-admin policy; the viewers (the CI preview role) no EKS policy at all
+    # (AmazonEKSAdminViewPolicy reads Secrets), only the group of the program's read-only ClusterRole.
+    policies = {a.inputs["principalArn"]: a.inputs["policyArn"].rsplit("/", 1)[1] for a in assocs}
+    assert policies == {arn: "AmazonEKSClusterAdminPolicy" for arn in cluster["adminRoleArns"]}
+    standard = [e for e in entries if e.inputs["type"] == "STANDARD"]  # not the nodes' (EC2_LINUX)
+    groups = {e.inputs["principalArn"]: e.inputs.get("kubernetesGroups") for e in standard}
+    assert groups == {arn: None for arn in cluster["adminRoleArns"]} | {
+        arn: [PREVIEW_GROUP] for arn in cluster["viewerRoleArns"]
     }
-    assert len({e.inputs["principalArn"] for e in entries}) == len(entries)
+    assert cluster["viewerRoleArns"] and len({e.inputs["principalArn"] for e in entries}) == len(entries)
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -297,8 +299,8 @@ def test_fresh_stack_without_digest_warns_and_skips(stack: str) -> None:
     assert "imageReference" not in run.outputs or run.outputs["imageReference"] is None
     assert any("imageDigest is not set" in w and "skipped" in w for w in run.warnings)
     # The platform's own cluster objects (Karpenter's and the Prometheus Operator stack's charts, pools
-    # and namespace) exist; no workload does.
-    platform = ("aws:Karpenter", "k8s:PrometheusStack")
+    # and namespace, the preview group's read access) exist; no workload does.
+    platform = ("aws:Karpenter", "k8s:PrometheusStack", "k8s:PreviewAccess")
     workloads = [r for r in run.resources if r.type.startswith("kubernetes:") and not any(p in r.urn for p in platform)]
     assert workloads == []
 

@@ -113,9 +113,11 @@ def test_stale_manifests_are_removed_but_other_files_kept(tmp_path: Path) -> Non
 
 def test_fresh_stack_renders_no_workloads_and_says_why(tmp_path: Path) -> None:
     result = render_run(cached_run("staging", with_digest=False), tmp_path)
-    # The cluster's own objects (Karpenter's node classes and pools, the monitoring namespace) exist
-    # without a digest; no workload does.
-    assert {o["kind"] for o in result.objects} == {"EC2NodeClass", "NodePool", "Namespace"}
+    # The cluster's own objects (Karpenter's node classes and pools, the monitoring namespace, the
+    # preview group's read access) exist without a digest; no workload does.
+    assert {o["kind"] for o in result.objects} == {
+        "EC2NodeClass", "NodePool", "Namespace", "ClusterRole", "ClusterRoleBinding"
+    }  # fmt: skip
     assert [o["metadata"]["name"] for o in result.objects if o["kind"] == "Namespace"] == ["monitoring"]
     assert any("imageDigest is not set" in w for w in result.warnings)
     assert "imageDigest is not set" in (tmp_path / SUMMARY_FILE).read_text()
