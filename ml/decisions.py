@@ -293,7 +293,8 @@ def review_threshold(
         target = metadata.get("target_accuracy")
         why = f" for target accuracy {target:g}" if isinstance(target, int | float) else ""
         return float(chosen), f"the model's metadata{why}"
-    return float(fallback), "the default (the model's metadata has none)"
+    why = "has none" if chosen is None else f"holds {chosen!r}, not a share"
+    return float(fallback), f"the default (the model's metadata {why})"
 
 
 def evaluation(truth: np.ndarray, predictions: Any, threshold: float, source: str) -> dict[str, Any]:

@@ -77,3 +77,20 @@ def test_windows_1252_export_is_refused_naming_the_option_then_read_with_it(tmp_
     assert frame["description"][0] == "SCREW Ø4.5 – 40MM"
     with pytest.raises(BadInputError, match="unknown encoding 'klingon'"):
         schema.read_records(str(path), encoding="klingon")
+
+
+def test_the_chunked_reader_refuses_as_the_whole_file_reader_does(tmp_path) -> None:
+    """``ml evaluate`` reads a large file in chunks: the same refusals, naming the file and the option."""
+    path = tmp_path / "export.csv"
+    raw(description=["SCREW Ø4.5 – 40MM", "CATH FOLEY 16FR", "GLOVE NITRILE", "IV SET"]).to_csv(
+        path, index=False, encoding="cp1252"
+    )
+    with pytest.raises(BadInputError, match="not found"):
+        list(schema.read_record_chunks(str(tmp_path / "nope.csv"), "utf-8", 2))
+    with pytest.raises(BadInputError, match=r"as utf-8 text.*--encoding cp1252"):
+        list(schema.read_record_chunks(str(path), "utf-8", 2))
+    with pytest.raises(BadInputError, match="unknown encoding 'klingon'"):
+        list(schema.read_record_chunks(str(path), "klingon", 2))
+    chunks = list(schema.read_record_chunks(str(path), "cp1252", 3))
+    assert [len(c) for c in chunks] == [3, 1] and list(chunks[1].index) == [3]
+    pd.testing.assert_frame_equal(pd.concat(chunks), schema.read_records(str(path), encoding="cp1252"))
