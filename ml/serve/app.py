@@ -62,7 +62,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.model_state = state
     app.state.dataplane = plane
-    app.add_middleware(ObserveMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        ObserveMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     ops.add_routes(app, plane, metrics)
     api_v1.add_routes(app, plane)
     api_v2.add_routes(app, plane)

@@ -31,6 +31,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--max-batch-chars": ("max_batch_chars", int, "characters of text per model call"),
     "--max-header-bytes": ("max_header_bytes", int, "largest request line and headers (431 above)"),
     "--header-timeout-s": ("header_timeout_s", float, "time a request's headers may take to arrive"),
+    "--body-timeout-s": ("body_timeout_s", float, "time a request's body may take to arrive after its headers"),
     "--candidate-mode": ("candidate_mode", str, "what the CANDIDATE version does: off, shadow or canary"),
     "--canary-share": ("canary_share", float, "share of records the candidate answers in canary mode"),
     "--log-level": ("log_level", str, "uvicorn log level"),

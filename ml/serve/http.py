@@ -59,6 +59,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than {limit} bytes (ML_MAX_BODY_BYTES)")
 
 
+class BodyTimedOut(HTTPException):
+    """Raised from ``receive`` when a body is not complete ``ML_BODY_TIMEOUT_S`` after its headers."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"request body not complete within {seconds:g} s (ML_BODY_TIMEOUT_S)")
+
+
 class ClientDisconnected(Exception):
     """The client closed its connection before its answer was ready."""
 
@@ -91,19 +98,25 @@ async def _disconnect(receive: Receive) -> None:
 class ObserveMiddleware:
     """Latency and status per route template (bounded label values), and the request rules: JSON
     bodies only (V2 also takes no content type and binary tensor data, as its clients send them),
-    at most ``ML_MAX_BODY_BYTES`` of them, and an answer sent before the body is read is sent only
-    after the rest of the body (up to a bound) has been read. A request whose client disconnected
+    at most ``ML_MAX_BODY_BYTES`` of them, complete within ``ML_BODY_TIMEOUT_S`` of the headers, and
+    an answer sent before the body is read is sent only after the rest of the body (up to a bound)
+    has been read. A request whose client disconnected
     before its answer is counted with status 499, not as a server error.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs far more per request.
     """
 
     def __init__(
-        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], metrics: ServeMetrics, max_body_bytes: int
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        metrics: ServeMetrics,
+        max_body_bytes: int,
+        body_timeout_s: float,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,15 +126,24 @@ class ObserveMiddleware:
         status = 500
         received = 0
         body_done = scope["method"] in ("GET", "HEAD")
-        disconnected = responded = False
+        disconnected = responded = timed_out = False
         headers = dict(scope["headers"])
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received, body_done, disconnected
+            nonlocal received, body_done, disconnected, timed_out
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 raise BodyTooLarge(self.max_body_bytes)  # before reading: no 100 Continue for such a body
-            message = await receive()
+            if body_done:  # waiting for a disconnect while the model works: no deadline
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(body_deadline):
+                        message = await receive()
+                except TimeoutError:
+                    timed_out = True
+                    raise BodyTimedOut(self.body_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
@@ -136,7 +158,9 @@ class ObserveMiddleware:
             nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if not body_done:
+                if timed_out:  # not waited for again: the connection closes after the answer
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+                elif not body_done:
                     await self._drain(receive, headers, received)
             elif not message.get("more_body", False):
                 responded = True

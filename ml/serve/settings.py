@@ -56,6 +56,9 @@ class ServeSettings(BaseSettings):
     #: ``ML_HEADER_TIMEOUT_S``: how long a request's line and headers may take to arrive, from the
     #: connection opening or the previous answer (408 and closed after it).
     header_timeout_s: float = Field(default=10.0, gt=0.0)
+    #: ``ML_BODY_TIMEOUT_S``: how long a request's body may take to arrive once its headers have
+    #: (408 and closed after it): a client trickling a body cannot hold a connection for long.
+    body_timeout_s: float = Field(default=30.0, gt=0.0)
     #: ``ML_CANDIDATE_MODE``: what the registry's ``CANDIDATE`` version does. ``off``: it is not
     #: loaded. ``shadow``: it also scores every record, answers come from ``LATEST``, and agreement,
     #: confidence and latency are exported per version. ``canary``: it answers the share

@@ -123,14 +123,14 @@ def test_headers_over_the_limit_are_a_431_and_the_connection_closes(server: Serv
         assert client.get("/healthz").status_code == 200  # the server is fine
 
 
-# -- a server of its own: a short header deadline, the default request limits -----------------------
+# -- a server of its own: short header and body deadlines, the default request limits ---------------
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline: Any) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("strict")
     save_model(base / "store", tiny_pipeline)
-    running = start_server(base / "store", base / "server.log", "--header-timeout-s", "1")
+    running = start_server(base / "store", base / "server.log", "--header-timeout-s", "1", "--body-timeout-s", "1")
     try:
         running.wait("/readyz")
         yield running
@@ -160,6 +160,32 @@ def test_a_client_trickling_headers_is_cut_off(strict: Server) -> None:
     # An idle connection that never sent a byte is closed too.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         assert sock.recv(100) == b""
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", INFER])
+def test_a_client_trickling_a_body_is_cut_off(strict: Server, path: str) -> None:
+    port = int(strict.url.rsplit(":", 1)[1])
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"{")
+        answer = b""
+        for _ in range(20):  # a byte every 0.25 s: 5 s for 20 of the 1,000 bytes promised
+            time.sleep(0.25)
+            try:
+                sock.sendall(b" ")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - started < 4  # answered and closed at about 1 s, not after 5 s
+    assert answer.startswith(b"HTTP/1.1 408") and b"ML_BODY_TIMEOUT_S" in answer, answer
+    assert (b'"error"' if path == INFER else b'"detail"') in answer  # each API's error shape
+    with strict.client() as client:  # a body that arrives in time is served as before
+        assert client.post("/v1/classify", json=v1_body(["GAUZE"])).status_code == 200
 
 
 def counters(server: Server) -> dict[str, float]:
