@@ -631,6 +631,21 @@ def _closure(run: StackRun, urn: str) -> set[str]:
     return seen
 
 
+UNKNOWN = "<unknown>"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, a value still unknown on either side matching anything: whether an output is resolved
+    when a dependent registers depends on the mock run's timing (a loaded machine showed it)."""
+    if UNKNOWN in (a, b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 def test_a_version_bump_upgrades_control_plane_then_addons_and_nodes_then_karpenters_nodes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -651,11 +666,11 @@ def test_a_version_bump_upgrades_control_plane_then_addons_and_nodes_then_karpen
     cfg["version"] = following
     before, after = cached_run("staging"), run_stack("staging", overrides={"cluster": cfg, "imageDigest": DIGEST})
 
-    def plain(inputs: dict[str, Any]) -> str:  # values unknown until apply compare equal
-        return json.dumps(inputs, sort_keys=True, default=lambda _: "<unknown>")
+    def plain(inputs: dict[str, Any]) -> Any:
+        return json.loads(json.dumps(inputs, sort_keys=True, default=lambda _: UNKNOWN))
 
     old = {r.urn: plain(r.inputs) for r in before.resources}
-    changed = {r.urn: r for r in after.resources if old.get(r.urn) != plain(r.inputs)}
+    changed = {r.urn: r for r in after.resources if not _same(old.get(r.urn), plain(r.inputs))}
     assert {r.urn for r in after.resources} == set(old)  # nothing created or deleted: updates only
     kinds = sorted({r.type for r in changed.values()})
     assert kinds == [
