@@ -51,7 +51,7 @@ demo: env
 bench: env
 	$(PY) bench/setup_times.py --publish
 	$(PY) bench/training.py
-	$(PY) bench/serving.py
+	$(PY) bench/serving.py --publish
 	$(PY) bench/batch_predict.py
 	$(PY) bench/refresh_predict.py
 

@@ -44,6 +44,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from publish import markdown_table, publish  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from ml.model import fit_model, predict  # noqa: E402
 from ml.registry import ModelRegistry  # noqa: E402
 from ml.schema import CATEGORY, RECORD_COLUMNS, coerce, read_records  # noqa: E402
@@ -449,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlserver-venv", type=Path, default=MLSERVER_VENV)
     parser.add_argument("--mlserver-max-batch-size", type=int, default=32)
     parser.add_argument("--mlserver-max-batch-time", type=float, default=0.002, help="seconds")
+    parser.add_argument("--publish", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args(argv)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -540,6 +543,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     for line in verdicts(rows):
         print(line)
+    if args.publish:
+        header = ["target", "concurrency", "p50", "p99", "req/s", "server CPU per request", "errors"]
+        cells = [
+            [r.target, str(r.concurrency), f"{r.p50_ms:.1f} ms", f"{r.p99_ms:.1f} ms", f"{r.rps:,.0f}"]
+            + (["", ""] if r.cpu_ms != r.cpu_ms else [f"{r.cpu_ms:.2f} ms", str(r.errors)])  # in process: no server
+            for r in rows
+        ]
+        publish("serving", markdown_table(header, cells) + "\n\n" + "\n".join(f"- {v}" for v in verdicts(rows)))
     (RESULTS / "serving.json").write_text(
         json.dumps(
             {
