@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ml import report
+from ml.cli_types import share
 from ml.errors import GateRejectedError
 from ml.registry import ModelRegistry
 from ml.settings import add_model_name_argument, add_store_argument
@@ -186,6 +187,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for name in ("verify", "convert"):
         commands.choices[name].add_argument("version", help="version, 'latest' or 'candidate'")
     commands.choices["candidate"].add_argument(
-        "--gate-tolerance", type=float, default=0.01, help="allowed macro-F1 drop against the current LATEST"
+        "--gate-tolerance", type=share, default=0.01, help="allowed macro-F1 drop against the current LATEST"
     )
     report.add_parser(commands)
