@@ -25,7 +25,7 @@ from infra.aws.storage import Storage
 from infra.aws.tags import default_tags
 from infra.images import image_reference
 from infra.k8s.common import Context, database_port
-from infra.k8s.dask import DaskCluster, worker_memory_limit
+from infra.k8s.dask import DaskCluster
 from infra.k8s.jobs import Bootstrap, Jobs
 from infra.k8s.monitoring import MonitoringObjects
 from infra.k8s.namespace import Namespace
@@ -191,10 +191,6 @@ class Workloads(pulumi.ComponentResource):
         if cfg.database_url is None:  # pragma: no cover - config validation requires it with a digest
             raise ValueError("databaseUrl is required for the workloads")
         digest = cfg.image_digest
-        try:  # derived settings that config validation cannot see: fail before any object
-            worker_memory_limit(cfg.workloads.dask.workers.resources)
-        except ValueError as exc:
-            raise pulumi.RunError(f"purchase-classifier:workloads.dask.{exc}") from None
         has_keys = cfg.storage_access_key_id is not None and cfg.storage_secret_access_key is not None
         db_url = cfg.database_url.get_secret_value()
 

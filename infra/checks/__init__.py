@@ -8,6 +8,7 @@ from __future__ import annotations
 from infra.checks.access import api_access_problems
 from infra.checks.capacity import capacity_problems
 from infra.checks.versions import ami_problems
+from infra.checks.workers import worker_problems
 from infra.checks.zones import zone_problems
 from infra.schema import StackConfig
 
@@ -19,4 +20,5 @@ def problems(cfg: StackConfig, *, aws_region: str | None, prefix: str) -> list[s
         *api_access_problems(cfg.cluster, prefix),
         *ami_problems(cfg, prefix),
         *capacity_problems(cfg, prefix),
+        *worker_problems(cfg, prefix),
     ]

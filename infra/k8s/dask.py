@@ -55,13 +55,11 @@ from infra.naming import (
 from infra.quantity import MIB as _MIB
 from infra.quantity import cpu_millicores, memory_bytes
 from infra.schema import Resources
+from infra.schema.workloads import worker_memory_limit
 
 MEMORY_THRESHOLDS = {"TARGET": "0.60", "SPILL": "0.70", "PAUSE": "0.80", "TERMINATE": "0.95"}
 """Fractions of ``--memory-limit``: spill to ``/tmp`` at target/spill, stop new tasks at pause, and
 let the nanny restart the worker at terminate, all before the container limit is reached."""
-
-NANNY_HEADROOM_MIB = 256
-"""Memory kept outside the worker process's limit for the nanny and the Python runtime."""
 
 WORKER_TERMINATION_GRACE_SECONDS = 120
 """Time to retire (hand results to other workers) before the kubelet kills the pod: AWS gives a spot
@@ -90,22 +88,6 @@ SCHEDULER_ARGS = [
 def worker_threads(res: Resources) -> int:
     """One thread per whole CPU of the limit (at least one): more threads than CPUs only contend."""
     return max(1, cpu_millicores(res.limits.cpu) // 1000)
-
-
-def worker_memory_limit(res: Resources) -> str:
-    """Dask's ``--memory-limit`` for the worker process: the container limit minus the nanny's share.
-
-    The share is 10% or 256 MiB, whichever is larger, so the nanny's terminate threshold fires
-    before the kernel's OOM killer does.
-    """
-    limit_mib = memory_bytes(res.limits.memory) // _MIB
-    headroom = max(limit_mib // 10, NANNY_HEADROOM_MIB)
-    if limit_mib - headroom < 256:
-        raise ValueError(
-            f"workers.resources.limits.memory {res.limits.memory!r} leaves under 256 MiB for the Dask "
-            f"worker after {headroom} MiB of nanny headroom; give workers at least 768Mi"
-        )
-    return f"{limit_mib - headroom}MiB"
 
 
 def worker_args(ctx: Context) -> list[str]:

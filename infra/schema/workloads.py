@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from infra.catalog import PROMETHEUS_STACK_RELEASE
-from infra.quantity import cpu_millicores, memory_bytes
+from infra.quantity import MIB, cpu_millicores, memory_bytes
 from infra.schema.base import Cron, DnsLabel, Model, Quantities
 
 
@@ -30,6 +30,26 @@ class Resources(Model):
                 f"{self.limits.memory!r}; requests must not exceed limits"
             )
         return self
+
+
+NANNY_HEADROOM_MIB = 256
+"""Memory kept outside the worker process's limit for the nanny and the Python runtime."""
+
+
+def worker_memory_limit(res: Resources) -> str:
+    """Dask's ``--memory-limit`` for the worker process: the container limit minus the nanny's share.
+
+    The share is 10% or 256 MiB, whichever is larger, so the nanny's terminate threshold fires
+    before the kernel's OOM killer does.
+    """
+    limit_mib = memory_bytes(res.limits.memory) // MIB
+    headroom = max(limit_mib // 10, NANNY_HEADROOM_MIB)
+    if limit_mib - headroom < 256:
+        raise ValueError(
+            f"workers.resources.limits.memory {res.limits.memory!r} leaves under 256 MiB for the Dask "
+            f"worker after {headroom} MiB of nanny headroom; give workers at least 768Mi"
+        )
+    return f"{limit_mib - headroom}MiB"
 
 
 class Autoscaling(Model):

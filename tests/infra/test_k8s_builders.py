@@ -15,6 +15,7 @@ from infra.k8s.common import Context, database_port, endpoint_port
 from infra.mockrun import DEFAULT_MOCK_SECRETS, load_stack_config, to_pulumi_config
 from infra.naming import DASK_NODE_LABEL_KEY, DASK_TAINT_KEY, SERVICE_ACCOUNTS
 from infra.schema import Resources, StackConfig
+from infra.schema.workloads import worker_memory_limit
 from tests.infra.harness import DIGEST, STACKS
 
 IMAGE = f"registry.example.com/purchase-classifier@{DIGEST}"
@@ -150,12 +151,12 @@ def test_worker_threads_and_memory_limit_derive_from_container_limits(
 ) -> None:
     r = res(cpu, memory)
     assert dask.worker_threads(r) == threads
-    assert dask.worker_memory_limit(r) == limit
+    assert worker_memory_limit(r) == limit
 
 
 def test_worker_memory_too_small_for_nanny_headroom_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 768Mi"):
-        dask.worker_memory_limit(res("1", "500Mi"))
+        worker_memory_limit(res("1", "500Mi"))
 
 
 def test_scheduler_deployment_and_service() -> None:

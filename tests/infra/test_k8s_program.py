@@ -9,6 +9,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
+from infra.config import ConfigError, parse_config
 from infra.mockrun import ROOT, SECRET_SIG, CapturedResource, StackRun, load_stack_config, run_program, run_stack
 from infra.naming import IDENTITY_WORKLOADS, SERVICE_ACCOUNTS
 from tests.infra.harness import DIGEST, STACKS, cached_run
@@ -235,8 +236,13 @@ def test_worker_memory_too_small_stops_the_program() -> None:
         "requests": {"cpu": "1", "memory": "256Mi"},
         "limits": {"cpu": "1", "memory": "400Mi"},
     }
-    with pytest.raises(pulumi.RunError, match="at least 768Mi"):
+    with pytest.raises(
+        pulumi.RunError, match=r"purchase-classifier:workloads\.dask\.workers\.resources.*at least 768Mi"
+    ):
         run_stack("dev", overrides={"imageDigest": DIGEST, "purchase-classifier:workloads": workloads})
+    # Refused when the config is parsed, with the other checks, not once the workloads are declared.
+    with pytest.raises(ConfigError, match="at least 768Mi"):
+        parse_config({**raw, "purchase-classifier:workloads": workloads}, aws_region="eu-west-1")
 
 
 def test_pulumi_entry_point_still_runs_the_program() -> None:
