@@ -138,16 +138,17 @@ def strict(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline: Any) -> Iter
         running.stop()
 
 
-def test_a_client_trickling_headers_is_cut_off(strict: Server) -> None:
-    port = int(strict.url.rsplit(":", 1)[1])
+def trickle(server: Server, first: bytes, pieces: list[bytes]) -> tuple[bytes, float]:
+    """Send ``first``, then one of ``pieces`` every 0.25 s until the server closes; the answer read
+    to the end and the seconds it all took."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(first)
         answer = b""
-        for i in range(20):  # one header line every 0.25 s, never the blank line
+        for piece in pieces:
             time.sleep(0.25)
             try:
-                sock.sendall(b"X-Slow-%d: 1\r\n" % i)
+                sock.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break
         try:
@@ -155,33 +156,26 @@ def test_a_client_trickling_headers_is_cut_off(strict: Server) -> None:
                 answer += chunk
         except ConnectionResetError:
             pass
-    assert time.monotonic() - started < 4  # closed at about 1 s, not after 5 s of trickling
+    return answer, time.monotonic() - started
+
+
+def test_a_client_trickling_headers_is_cut_off(strict: Server) -> None:
+    # One header line every 0.25 s, never the blank line.
+    slow = [b"X-Slow-%d: 1\r\n" % i for i in range(20)]
+    answer, seconds = trickle(strict, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", slow)
+    assert seconds < 4  # closed at about 1 s, not after 5 s of trickling
     assert answer.startswith(b"HTTP/1.1 408") and b"ML_HEADER_TIMEOUT_S" in answer, answer
     # An idle connection that never sent a byte is closed too.
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", int(strict.url.rsplit(":", 1)[1])), timeout=10) as sock:
         assert sock.recv(100) == b""
 
 
 @pytest.mark.parametrize("path", ["/v1/classify", INFER])
 def test_a_client_trickling_a_body_is_cut_off(strict: Server, path: str) -> None:
-    port = int(strict.url.rsplit(":", 1)[1])
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(head.encode() + b"{")
-        answer = b""
-        for _ in range(20):  # a byte every 0.25 s: 5 s for 20 of the 1,000 bytes promised
-            time.sleep(0.25)
-            try:
-                sock.sendall(b" ")
-            except (BrokenPipeError, ConnectionResetError):
-                break
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    assert time.monotonic() - started < 4  # answered and closed at about 1 s, not after 5 s
+    # A byte every 0.25 s: 5 s for 20 of the 1,000 bytes promised.
+    answer, seconds = trickle(strict, head.encode() + b"{", [b" "] * 20)
+    assert seconds < 4  # answered and closed at about 1 s, not after 5 s
     assert answer.startswith(b"HTTP/1.1 408") and b"ML_BODY_TIMEOUT_S" in answer, answer
     assert (b'"error"' if path == INFER else b'"detail"') in answer  # each API's error shape
     with strict.client() as client:  # a body that arrives in time is served as before
